@@ -1,0 +1,76 @@
+# PMIPv6 multicast laboratory. Every target installs what it needs (Debian 12, as root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+SYSPKGS := mininet python3-scapy python3-venv iproute2 tcpdump iperf igmpproxy procps
+
+SCENARIO ?=
+KIND     ?= all
+PEERING  ?= both
+REPS     ?= 10
+DURATION ?= 3
+SEED     ?= 1
+QUICK    ?=
+
+.PHONY: help install sysdeps test lint experiment list figures paper bench bench-links clean topo
+
+help:
+	@echo "make experiment SCENARIO=multi-lma-lte   run a scenario (peering on and off, REPS runs)"
+	@echo "make test                                install everything and run the test suite"
+	@echo "make list | figures | paper | bench | bench-links | topo TOPO=... | clean | lint"
+
+install: $(STAMP)
+
+sysdeps:
+	@if [ "$$(id -u)" != 0 ]; then echo "error: run as root (network namespaces and apt-get need it)" >&2; exit 2; fi
+	@missing=$$(for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages .venv
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+test: sysdeps $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+list: sysdeps $(STAMP)
+	$(PY) -m experiments list
+
+experiment: sysdeps $(STAMP)
+	@if [ -z "$(SCENARIO)" ]; then echo "error: give SCENARIO=name (see 'make list')" >&2; exit 2; fi
+	$(PY) -m experiments run $(SCENARIO) --kind $(KIND) --peering $(PEERING) \
+	  --reps $(REPS) --duration $(DURATION) --seed $(SEED) $(if $(FORCE),--force,--resume)
+
+figures: $(STAMP)
+	$(PY) -m analysis figures
+
+paper: sysdeps $(STAMP)
+	for s in single-lma-lte single-lma-umts multi-lma-lte multi-lma-umts; do \
+	  $(PY) -m experiments run $$s --reps $(REPS) --duration $(DURATION) --seed $(SEED) --resume || exit 1; done
+	$(MAKE) --no-print-directory bench
+	$(PY) -m analysis figures
+	$(PY) -m analysis report
+
+bench: sysdeps $(STAMP)
+	$(PY) -m benchmarks all $(if $(QUICK),--quick)
+
+bench-links: sysdeps $(STAMP)
+	$(PY) -m topologies.bench $(if $(QUICK),--quick)
+
+topo: sysdeps $(STAMP)
+	$(PY) -m experiments topo $(or $(TOPO),single-lma) $(if $(BACKEND),--backend $(BACKEND))
+
+clean:
+	@if [ -x $(PY) ]; then $(PY) -m topologies.clean; fi
+	rm -rf .pytest_cache .ruff_cache

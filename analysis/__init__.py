@@ -1,0 +1,1 @@
+"""Analysis: results loading, metrics, figures and the peering on/off report."""

@@ -1,0 +1,1 @@
+"""Experiments: probes, PMIPv6 signalling and handover, scenarios and the runner."""
