@@ -50,7 +50,10 @@ class Timers:
     @property
     def gmi(self) -> float:
         """Group Membership Interval / Multicast Address Listening Interval."""
-        return self.robustness * self.query_interval + self.gmi_qri_factor * self.query_response_interval
+        return (
+            self.robustness * self.query_interval
+            + self.gmi_qri_factor * self.query_response_interval
+        )
 
     @property
     def oqpi(self) -> float:

@@ -1,0 +1,87 @@
+"""The control client: ``pymcproxy-ctl show`` asks a running daemon what it is doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+
+from proxy.daemon import DEFAULT_CTL
+
+
+def request(path: str, req: dict, timeout: float = 5.0) -> dict:
+    """Send one JSON request to the daemon's control socket and return its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while chunk := s.recv(1 << 16):
+            buf += chunk
+    return json.loads(buf)
+
+
+def render_text(reply: dict) -> str:
+    """A human-readable view of ``show``."""
+    lines = [f"pymcproxy pid {reply['pid']}  config {reply['config']}  drops {reply['drops']}"]
+    for inst in reply["instances"]:
+        lines.append(f"instance {inst['name']} (table {inst['table']})")
+        for name, i in inst["interfaces"].items():
+            state = "up" if i["up"] else ("down" if i["present"] else "absent")
+            q = inst["queriers"].get(name)
+            qs = ""
+            if q:
+                qs = (
+                    "  querier"
+                    if q.get("is_querier")
+                    else f"  non-querier (querier {q.get('other_querier')})"
+                )
+            lines.append(f"  {i['role']:<10} {name:<16} {state:<6} vif {i['vif']}{qs}")
+            for g, rec in sorted((q or {}).get("groups", {}).items()):
+                lines.append(f"      group {g}: {rec.get('mode')} {rec.get('sources', '')}")
+        for m in inst["upstream"]:
+            lines.append(f"  joined {m['group']} on {m['interface']}: {m['state']}")
+        for e in inst["mfc"]:
+            lines.append(
+                f"  mfc ({e['source']}, {e['group']}) {e['iif']} -> {', '.join(e['oifs']) or '-'}"
+                f"  {e['packets']} pkts"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pymcproxy-ctl", description=__doc__)
+    p.add_argument(
+        "-s", "--socket", default=DEFAULT_CTL, help=f"control socket (default {DEFAULT_CTL})"
+    )
+    p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    sub = p.add_subparsers(dest="cmd")
+    sub.add_parser("show", help="interfaces, queriers, groups, upstream joins and the MFC")
+    sub.add_parser("reload", help="re-read the configuration, apply the difference")
+    sub.add_parser("stop", help="stop the daemon cleanly")
+    for name in ("add-downstream", "remove-downstream"):
+        sp = sub.add_parser(name)
+        sp.add_argument("instance")
+        sp.add_argument("interface")
+    args = p.parse_args(argv)
+    req = {"cmd": args.cmd or "show"}
+    if args.cmd in ("add-downstream", "remove-downstream"):
+        req |= {"instance": args.instance, "interface": args.interface}
+    try:
+        reply = request(args.socket, req)
+    except OSError as exc:
+        print(
+            f"error: cannot reach pymcproxy at {args.socket}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json or req["cmd"] != "show" or not reply.get("ok"):
+        print(json.dumps(reply, indent=2))
+    else:
+        print(render_text(reply))
+    return 0 if reply.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

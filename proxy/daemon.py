@@ -1,0 +1,221 @@
+"""The pymcproxy process: one asyncio loop, its instances, signals, reload and control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections import Counter
+from ipaddress import IPv6Address
+
+from proxy import config as configmod
+from proxy.instance import ProxyInstance, Tunables
+from proxy.kernel import set_mc_forwarding_sysctls
+from proxy.netlink import LinkMonitor, LinkState
+from proxy.wire import QuerySender, arrival_ifindex, parse_igmp, parse_mld
+
+log = logging.getLogger("pymcproxy")
+DEFAULT_CTL = "/run/pymcproxy.sock"
+
+
+class Daemon:
+    """Runs the instances of one configuration until stopped."""
+
+    def __init__(
+        self, cfg: configmod.Config, ctl_path: str = DEFAULT_CTL, tunables: Tunables | None = None
+    ):
+        self.cfg = cfg
+        self.ctl_path = ctl_path
+        self.tunables = tunables or Tunables()
+        self.instances: dict[str, ProxyInstance] = {}
+        self.drops: Counter = Counter()
+        self.links: dict[str, LinkState] = {}
+        self._stop = asyncio.Event()
+
+    # --- start and stop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        set_mc_forwarding_sysctls(self.cfg.family)
+        self.sender = QuerySender(self.cfg.family)
+        self.monitor = LinkMonitor()
+        self.links = self.monitor.dump()
+        try:
+            for icfg in self.cfg.instances:
+                self._start_instance(icfg)
+            loop.add_reader(self.monitor.sock, self._on_links)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload())
+            server = await self._start_ctl()
+            log.info(
+                "running %d instance(s): %s; control socket %s",
+                len(self.instances),
+                ", ".join(self.instances),
+                self.ctl_path,
+            )
+            await self._stop.wait()
+            server.close()
+        finally:
+            for name in list(self.instances):
+                self._stop_instance(name)
+            with contextlib.suppress(OSError):
+                os.unlink(self.ctl_path)
+            self.monitor.close()
+            self.sender.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _start_instance(self, icfg: configmod.Instance) -> None:
+        loop = asyncio.get_running_loop()
+        inst = ProxyInstance(
+            icfg, self.cfg.family, self.cfg.version, loop, self.sender, self.tunables
+        )
+        self.instances[icfg.name] = inst
+        loop.add_reader(inst.table.sock, self._on_socket, inst)
+        inst.start(self.links)
+
+    def _stop_instance(self, name: str) -> None:
+        inst = self.instances.pop(name)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(inst.table.sock)
+        inst.stop()
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _on_links(self) -> None:
+        for st in self.monitor.read():
+            prev = self.links.get(st.ifname)
+            self.links[st.ifname] = st
+            if prev == st:
+                continue
+            for inst in self.instances.values():
+                inst.link_changed(st)
+
+    def _on_socket(self, inst: ProxyInstance) -> None:
+        family = self.cfg.family
+        for _ in range(256):  # bounded batch keeps timers running under floods
+            try:
+                data, anc, _flags, addr = inst.table.sock.recvmsg(65535, 1024)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("receive on instance %s: %s", inst.name, exc)
+                return
+            up = inst.table.parse_upcall(data)
+            if up is not None:
+                inst.upcall(up)
+                continue
+            # Every instance's raw socket sees every message; the owner of the interface
+            # handles (and counts) it.
+            ifname = inst.owns(arrival_ifindex(family, anc))
+            if ifname is None:
+                continue
+            if family == 6:
+                rec = parse_mld(data, anc, IPv6Address(addr[0].split("%")[0]), self.drops)
+            else:
+                rec = parse_igmp(data, anc, self.drops)
+            if rec is not None:
+                inst.receive(ifname, rec.src, rec.msg)
+
+    # --- reload -----------------------------------------------------------------------------
+
+    def reload(self, path: str | None = None) -> dict:
+        """Re-read the configuration and apply only the difference."""
+        path = path or self.cfg.path
+        try:
+            new = configmod.load(path)
+        except configmod.ConfigError as exc:
+            log.error("reload refused: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        if new.family != self.cfg.family or new.version != self.cfg.version:
+            return {"ok": False, "error": "protocol changes need a restart"}
+        old = {i.name: i for i in self.cfg.instances}
+        fresh = {i.name: i for i in new.instances}
+        changed = []
+        for name in old.keys() - fresh.keys():
+            self._stop_instance(name)
+            changed.append(f"-{name}")
+        for name, icfg in fresh.items():
+            if name not in old:
+                self._start_instance(icfg)
+                changed.append(f"+{name}")
+            elif icfg != old[name]:
+                self._update_instance(old[name], icfg)
+                changed.append(f"~{name}")
+        self.cfg = new
+        log.info("reloaded %s: %s", path, " ".join(changed) or "no change")
+        return {"ok": True, "changed": changed}
+
+    def _update_instance(self, old: configmod.Instance, new: configmod.Instance) -> None:
+        inst = self.instances[new.name]
+        if old.table_id != new.table_id or old.timers != new.timers:
+            self._stop_instance(new.name)
+            self._start_instance(new)
+            return
+        inst.reconfigure(new, self.links)
+
+    # --- control socket -----------------------------------------------------------------------
+
+    async def _start_ctl(self) -> asyncio.AbstractServer:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.ctl_path)
+        os.makedirs(os.path.dirname(self.ctl_path) or ".", exist_ok=True)
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._serve, path=self.ctl_path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.ctl_path, 0o600)
+        return server
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            try:
+                reply = self.command(json.loads(line or b"{}"))
+            except (ValueError, KeyError, TypeError) as exc:
+                reply = {"ok": False, "error": str(exc)}
+            writer.write(json.dumps(reply, default=str).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    def command(self, req: dict) -> dict:
+        """Execute one control request (also used by tests)."""
+        cmd = req.get("cmd", "show")
+        if cmd == "show":
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "config": self.cfg.path,
+                "drops": dict(self.drops),
+                "instances": [i.snapshot() for i in self.instances.values()],
+            }
+        if cmd == "reload":
+            return self.reload(req.get("path"))
+        if cmd in ("add-downstream", "remove-downstream"):
+            inst = self.instances.get(req["instance"])
+            if inst is None:
+                return {"ok": False, "error": f"no instance {req['instance']!r}"}
+            ifname = req["interface"]
+            if cmd == "add-downstream":
+                inst.add_downstream(
+                    ifname, self.links.get(ifname, LinkState(ifname, 0, False, False))
+                )
+            else:
+                inst.remove_interface(ifname)
+            return {"ok": True}
+        if cmd == "stop":
+            self.stop()
+            return {"ok": True}
+        return {
+            "ok": False,
+            "error": f"unknown command {cmd!r} "
+            "(show, reload, add-downstream, remove-downstream, stop)",
+        }

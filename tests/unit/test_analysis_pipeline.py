@@ -1,0 +1,283 @@
+"""End-to-end test of analysis/: results tree -> load -> figures -> report -> CLI.
+
+SYNTHETIC TEST FIXTURES: every CSV and meta.json here is written by this test into
+pytest's tmp_path with made-up delays. They exercise the code paths only; they are not
+measurements and nothing derived from them leaves tmp_path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import load_runs, metrics, summary_table
+from analysis.__main__ import main
+from analysis.figures import make_figures
+from analysis.report import build_report, write_report
+
+T0 = 1_700_000_000_000_000_000
+INTERVAL_NS = 10_000_000  # 100 packets/s
+N_PACKETS = 120
+HANDOVER_MS = 500
+RUNS_PER_SIDE = 2
+GROUPS = [
+    ("single-lma-lte", "delay-space"),
+    ("single-lma-lte", "receiver-handover"),
+    ("single-lma-umts", "delay-space"),
+    ("single-lma-umts", "receiver-handover"),
+    ("multi-lma-lte", "delay-space"),
+    ("multi-lma-lte", "sender-handover"),
+    ("multi-lma-lte", "receiver-handover"),
+]
+
+
+def _base_delay_ms(scenario: str) -> float:
+    return 400.0 if "umts" in scenario else 10.0
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_run(
+    root: Path,
+    scenario: str,
+    kind: str,
+    peering: str,
+    run: int,
+    *,
+    completed: bool = True,
+    meta: bool = True,
+) -> Path:
+    """One synthetic run directory following the results layout contract."""
+    rng = np.random.default_rng(zlib.crc32(f"{scenario}{kind}{peering}{run}".encode()))
+    run_dir = root / scenario / kind / f"peering-{peering}" / f"run-{run:02d}"
+    run_dir.mkdir(parents=True)
+    t0 = T0 + run * 10**12
+    handover_ns = t0 + HANDOVER_MS * 1_000_000
+    sent = [[seq, t0 + seq * INTERVAL_NS] for seq in range(N_PACKETS)]
+    _write_csv(run_dir / "sender.csv", ["seq", "send_ns"], sent)
+
+    base = _base_delay_ms(scenario)
+    extra = 60.0 if peering == "off" else 12.0
+    if kind == "delay-space":
+        receivers = {"mn1": ("local", 0.0), "mn2": ("remote", extra)}
+    else:
+        receivers = {"mn1": ("local", 0.0), "mn3": ("remote", extra)}
+    moving = "mn1" if kind == "receiver-handover" else "mn0"
+    lost = set(range(49, 52 + run)) if kind == "receiver-handover" else set()
+    for node, (_locality, offset) in receivers.items():
+        rows = []
+        for seq, send_ns in sent:
+            if node == moving and seq in lost:
+                continue
+            delay = base + offset + rng.uniform(-3, 3)
+            after = send_ns >= handover_ns
+            if kind != "delay-space" and after and node in (moving, "mn1"):
+                delay += extra
+            recv_ns = send_ns + int(delay * 1_000_000)
+            rows.append([seq, send_ns, recv_ns, 64 - (2 if offset or after else 0)])
+        rows.append(list(rows[10]))  # a duplicate
+        if node == "mn1":
+            rows = [r[:3] for r in rows]  # this receiver records no hop_limit
+        header = ["seq", "send_ns", "recv_ns"] + (["hop_limit"] if node != "mn1" else [])
+        _write_csv(run_dir / f"receiver-{node}.csv", header, rows)
+
+    events = [[t0, "stream_start", "mn0", ""]]
+    if kind != "delay-space":
+        for i, name in enumerate(
+            ["handover_start", "l2_attach", "pbu_sent", "pba_received", "query_sent"]
+            + ["report_received", "handover_done"]
+        ):
+            events.append([handover_ns + i * 5_000_000, name, moving, "mag1->mag2"])
+    _write_csv(run_dir / "events.csv", ["t_ns", "event", "node", "detail"], events)
+    if meta:
+        info = {
+            "scenario": scenario,
+            "kind": kind,
+            "peering": peering == "on",
+            "run": run,
+            "parameters": {"handover_at_ms": HANDOVER_MS, "rate": 100, "duration": 1.2},
+            "seed": run,
+            "link_backend": "synthetic-test",
+            "receivers": [
+                {"node": n, "mag": "mag1", "lma": "lma1", "locality": loc}
+                for n, (loc, _) in receivers.items()
+            ],
+            "git_commit": "0" * 40,
+            "completed": completed,
+        }
+        (run_dir / "meta.json").write_text(json.dumps(info))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("results")
+    for scenario, kind in GROUPS:
+        for peering in ("off", "on"):
+            for run in range(RUNS_PER_SIDE):
+                write_run(root, scenario, kind, peering, run)
+    write_run(root, "single-lma-lte", "delay-space", "off", 7, completed=False)
+    write_run(root, "single-lma-lte", "delay-space", "on", 8, meta=False)
+    (root / "bench").mkdir()
+    (root / "bench" / "goodput.json").write_text(
+        json.dumps(
+            [
+                {"payload_bytes": p, "receivers": r, "mode": m, "goodput_MBps": g}
+                for p, g in ((64, 20.0), (1400, 110.0))
+                for r, m in ((1, "unicast"), (1, "multicast-ours"), (2, "multicast-igmpproxy"))
+            ]
+        )
+    )
+    return root
+
+
+def _direct_group(root: Path, scenario: str, kind: str, peering: str) -> dict[str, float]:
+    """Numbers computed straight from the CSVs with csv + numpy, not through load.py."""
+    delays, jitters, missing, lost_ms = [], [], [], []
+    for run_dir in sorted((root / scenario / kind / f"peering-{peering}").glob("run-*")):
+        meta_path = run_dir / "meta.json"
+        if not meta_path.is_file() or not json.loads(meta_path.read_text())["completed"]:
+            continue
+        events = list(csv.DictReader((run_dir / "events.csv").open()))
+        handover = [int(e["t_ns"]) for e in events if e["event"] == "handover_start"]
+        moving = next((e["node"] for e in events if e["event"] == "handover_start"), None)
+        for path in sorted(run_dir.glob("receiver-*.csv")):
+            node = path.stem.removeprefix("receiver-")
+            if kind == "receiver-handover" and node != moving:
+                continue
+            rows = [
+                (int(r["seq"]), int(r["send_ns"]), int(r["recv_ns"]))
+                for r in csv.DictReader(path.open())
+            ]
+            rows.sort(key=lambda r: r[2])
+            seen, firsts = set(), []
+            for r in rows:
+                if r[0] not in seen:
+                    seen.add(r[0])
+                    firsts.append(r)
+            seq, send, recv = (np.array(c) for c in zip(*firsts, strict=True))
+            delays += list((recv - send) / 1e6)
+            jitters += list(metrics.rfc3550_jitter(send, recv).series_ms)
+            if handover:
+                gap = metrics.handover_gap(seq, send, recv, handover[0], interval_ms=10.0)
+                missing.append(gap.missing_packets)
+                lost_ms.append(gap.lost_ms)
+    return {
+        "median": float(np.median(delays)),
+        "p95": float(np.percentile(delays, 95)),
+        "max": float(np.max(delays)),
+        "jitter": float(np.mean(jitters)),
+        "missing": float(np.median(missing)) if missing else math.nan,
+        "lost_ms": float(np.median(lost_ms)) if lost_ms else math.nan,
+    }
+
+
+def _table_rows(report: str) -> dict[tuple[str, str, str], list[str]]:
+    section = report.split("## Results per scenario and kind")[1].split("## Paper claims")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 3 and cells[2] in ("on", "off"):
+            rows[(cells[0], cells[1], cells[2])] = cells[3:]
+    return rows
+
+
+def test_load_excludes_incomplete_runs(results: Path) -> None:
+    runs = load_runs(results)
+    assert len(runs.runs) == len(GROUPS) * 2 * RUNS_PER_SIDE
+    reasons = {Path(p).name: r for p, r in runs.excluded}
+    assert set(reasons) == {"run-07", "run-08"}
+    assert "completed" in reasons["run-07"]
+    assert "meta.json missing" in reasons["run-08"]
+    assert not runs.packets["run"].isin([7, 8]).any()
+    pk = runs.packets
+    assert pk["duplicate"].sum() == len(
+        runs.packets.groupby(["scenario", "kind", "peering", "run", "receiver"])
+    )
+    assert set(runs.runs["peering"]) == {"on", "off"}
+    first = pk[(pk["receiver"] == "mn2") & (pk["scenario"] == "single-lma-lte")].iloc[0]
+    assert first["delay_ms"] == pytest.approx((first["recv_ns"] - first["send_ns"]) / 1e6)
+    assert first["hop_limit"] == 62 and first["receiver_locality"] == "remote"
+    assert pk.loc[pk["receiver"] == "mn1", "hop_limit"].isna().all()
+
+
+def test_figures_report_and_numbers(results: Path) -> None:
+    runs = load_runs(results)
+    outcome = make_figures(
+        runs, results / "figures", results / "bench" / "goodput.json", log=lambda _: None
+    )
+    assert outcome.skipped == []
+    for name in ["fig02", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10"]:
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+    report = write_report(runs, results).read_text()
+    rows = _table_rows(report)
+    assert len(rows) == len(GROUPS) * 2
+    for scenario, kind in GROUPS:
+        for peering in ("off", "on"):
+            expect = _direct_group(results, scenario, kind, peering)
+            cells = rows[(scenario, kind, peering)]
+            assert cells[0] == str(RUNS_PER_SIDE)
+            assert cells[2] == f"{expect['median']:.2f}"
+            assert cells[3] == f"{expect['p95']:.2f}"
+            assert cells[4] == f"{expect['max']:.2f}"
+            assert cells[5] == f"{expect['jitter']:.2f}"
+            if kind == "delay-space":
+                assert cells[7] == "–"
+            else:
+                assert cells[7] == f"{expect['missing']:.1f}"
+                assert cells[8] == f"{expect['lost_ms']:.1f}"
+    assert "## Excluded runs" in report and "run-07" in report and "run-08" in report
+    for number in ("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5a |", "| 5b |", "| 6 |", "| 7 |"):
+        assert number in report
+
+
+def test_receiver_handover_loss_is_the_synthetic_gap(results: Path) -> None:
+    # Runs 0 and 1 drop seqs 49..51 and 49..52: 3 and 4 packets, median 3.5.
+    report = build_report(load_runs(results, scenario="single-lma-lte"), results)
+    cells = _table_rows(report)[("single-lma-lte", "receiver-handover", "off")]
+    assert cells[7] == "3.5" and cells[8] == "35.0"
+
+
+def test_figures_skip_missing_inputs(tmp_path: Path) -> None:
+    write_run(tmp_path, "single-lma-lte", "delay-space", "off", 0)
+    messages: list[str] = []
+    outcome = make_figures(load_runs(tmp_path), tmp_path / "figures", None, log=messages.append)
+    assert outcome.written == []
+    assert {name for name, _ in outcome.skipped} == {
+        "fig02",
+        "fig04",
+        "fig05",
+        "fig06",
+        "fig07",
+        "fig08",
+        "fig09",
+        "fig10",
+    }
+    assert any("peering-on" in m for m in messages)
+    assert not (tmp_path / "figures").exists()
+
+
+def test_summary_table_and_cli(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = results / "single-lma-lte" / "receiver-handover"
+    text = summary_table([root])
+    assert "| single-lma-lte | receiver-handover | off | 2 |" in text
+    assert main(["summary", str(root)]) == 0
+    assert "receiver-handover" in capsys.readouterr().out
+    assert main(["summary", str(results / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert main(["report", "--results", str(results), "--output", str(results / "R.md")]) == 0
+    assert (results / "R.md").is_file()

@@ -1,0 +1,226 @@
+"""PBU/PBA codec of experiments.pmip against scapy (the independent oracle) and by hand.
+
+scapy 2.5 knows the Binding Update/Ack and the MN Identifier option, and NEMO's Mobile
+Network Prefix option, whose layout and 8n+4 alignment the Home Network Prefix option
+shares (RFC 5213 §8.3), so that class with otype 22 is the HNP oracle. It lacks the
+Handoff Indicator and Access Technology Type options (no alignment requirement: generic
+unknown options model them) and the Timestamp option (8n+2), which is checked by hand.
+"""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv6Address, IPv6Network
+
+import pytest
+
+from experiments.pmip import (
+    PBA,
+    PBU,
+    BaFlags,
+    BuFlags,
+    Handoff,
+    MhError,
+    decode_mh,
+    encode_pba,
+    encode_pbu,
+    mh_checksum,
+    timestamp_from_ns,
+    timestamp_to_ns,
+)
+
+scapy_inet6 = pytest.importorskip("scapy.layers.inet6")
+
+MAG = IPv6Address("2001:db8:a1::2")
+LMA = IPv6Address("2001:db8:ff::1")
+HNP = IPv6Network("2001:db8:100::/64")
+
+
+def _scapy_options(mn_id: str, handoff: int, att: int) -> list:
+    return [
+        scapy_inet6.MIP6OptMNID(id=mn_id.encode()),
+        scapy_inet6.MIP6OptMobNetPrefix(otype=22, plen=HNP.prefixlen, prefix=str(HNP[0])),
+        scapy_inet6.MIP6OptUnknown(otype=23, odata=bytes([0, handoff])),
+        scapy_inet6.MIP6OptUnknown(otype=24, odata=bytes([0, att])),
+    ]
+
+
+def _scapy_mh(mh, src: IPv6Address, dst: IPv6Address) -> bytes:
+    """The Mobility Header scapy builds (checksum included) under an IPv6 header."""
+    return bytes(scapy_inet6.IPv6(src=str(src), dst=str(dst)) / mh)[40:]
+
+
+# MN identifiers of 1..8 bytes put the HNP option at every offset mod 8, so every
+# padding length (none, Pad1, PadN of 2..7) is exercised.
+@pytest.mark.parametrize("id_len", range(1, 9))
+def test_pbu_bytes_equal_scapy_for_every_padding_before_the_hnp(id_len: int) -> None:
+    mn_id = "m" * id_len
+    pbu = PBU(sequence=4242, lifetime_s=3600, mn_id=mn_id, hnps=(HNP,), handoff=1, access_tech=3)
+    oracle = scapy_inet6.MIP6MH_BU(
+        seq=4242, flags="AP", mhtime=900, options=_scapy_options(mn_id, 1, 3)
+    )
+    assert encode_pbu(pbu, MAG, LMA) == _scapy_mh(oracle, MAG, LMA)
+
+
+def test_pba_bytes_equal_scapy() -> None:
+    pba = PBA(
+        sequence=7,
+        status=0,
+        lifetime_s=3600,
+        mn_id="mn1@pmip.example",
+        hnps=(HNP,),
+        handoff=Handoff.BETWEEN_MAGS,
+        access_tech=3,
+    )
+    oracle = scapy_inet6.MIP6MH_BA(
+        status=0,
+        flags="P",
+        seq=7,
+        mhtime=900,
+        options=_scapy_options("mn1@pmip.example", 3, 3),
+    )
+    assert encode_pba(pba, LMA, MAG) == _scapy_mh(oracle, LMA, MAG)
+
+
+def test_scapy_dissects_our_pbu_with_a_p_set_and_h_clear() -> None:
+    pbu = PBU(sequence=1, lifetime_s=40, mn_id="mn", hnps=(HNP,), handoff=4, access_tech=3)
+    packet = scapy_inet6.IPv6(
+        bytes(scapy_inet6.IPv6(src=str(MAG), dst=str(LMA), nh=135) / encode_pbu(pbu, MAG, LMA))
+    )
+    bu = packet[scapy_inet6.MIP6MH_BU]
+    assert (bu.nh, bu.mhtype, bu.seq, bu.mhtime) == (59, 5, 1, 10)
+    assert bu.flags.A and bu.flags.P and not bu.flags.H
+    assert bu[scapy_inet6.MIP6OptMNID].id == b"mn"
+    # The kernel fills the checksum in on raw MH sockets; ours must agree with scapy's.
+    rebuilt = scapy_inet6.IPv6(src=str(MAG), dst=str(LMA)) / bu.copy()
+    rebuilt[scapy_inet6.MIP6MH_BU].cksum = None
+    assert bytes(rebuilt)[40:] == bytes(packet)[40:]
+
+
+def test_timestamp_and_alignment_by_hand() -> None:
+    ts = timestamp_from_ns(1_700_000_000_500_000_000)
+    pbu = PBU(
+        sequence=0x0102,
+        lifetime_s=8,
+        mn_id="a",
+        hnps=(HNP,),
+        handoff=3,
+        access_tech=4,
+        timestamp=ts,
+    )
+    expected = (
+        bytes([59, 7, 5, 0, 0, 0])  # payload proto, 64 bytes = (7 + 1) * 8, PBU, checksum 0
+        + bytes([0x01, 0x02, 0x82, 0x00, 0x00, 0x02])  # seq, flags A|P, lifetime 2 units
+        + bytes([8, 2, 1])
+        + b"a"  # MN-ID at 12..15
+        + bytes([1, 2, 0, 0])  # PadN: HNP must start at 8n+4 -> 20
+        + bytes([22, 18, 0, 64])
+        + HNP.network_address.packed  # HNP at 20..39
+        + bytes([23, 2, 0, 3])  # Handoff Indicator: between MAGs
+        + bytes([24, 2, 0, 4])  # Access Technology Type: IEEE 802.11a/b/g
+        + bytes([1, 0])  # PadN: Timestamp must start at 8n+2 -> 50
+        + bytes([27, 8])
+        + struct.pack("!Q", (1_700_000_000 << 16) | 0x8000)
+        + bytes([1, 2, 0, 0])  # PadN to a multiple of 8 octets
+    )
+    assert encode_pbu(pbu) == expected
+    assert decode_mh(expected) == pbu
+
+
+def test_timestamp_keeps_seconds_and_1_65536_fractions() -> None:
+    t_ns = 1_700_000_000_123_456_789
+    back = timestamp_to_ns(timestamp_from_ns(t_ns))
+    assert 0 <= t_ns - back < 1_000_000_000 / 65536
+    assert timestamp_from_ns(t_ns) >> 16 == 1_700_000_000
+
+
+def test_lifetime_travels_in_4_second_units() -> None:
+    mh = encode_pbu(PBU(sequence=1, lifetime_s=3600, mn_id="m", hnps=(HNP,)))
+    assert struct.unpack_from("!H", mh, 10)[0] == 900
+    assert decode_mh(mh).lifetime_s == 3600
+    for bad in (3601, 0x10000 * 4, -4):
+        with pytest.raises(ValueError, match="multiple of 4"):
+            encode_pbu(PBU(sequence=1, lifetime_s=bad, mn_id="m"))
+
+
+def test_round_trip_keeps_every_field() -> None:
+    pbu = PBU(
+        sequence=65535,
+        lifetime_s=0,
+        mn_id="mn7@pmip.example",
+        hnps=(HNP, IPv6Network("2001:db8:200::/56")),
+        handoff=Handoff.UNKNOWN,
+        access_tech=8,
+        timestamp=timestamp_from_ns(1_800_000_000_000_000_000),
+        flags=BuFlags.A | BuFlags.H | BuFlags.P,
+    )
+    assert decode_mh(encode_pbu(pbu, MAG, LMA), MAG, LMA) == pbu
+    pba = PBA(sequence=3, status=157, lifetime_s=0, flags=BaFlags.P | BaFlags.K)
+    decoded = decode_mh(encode_pba(pba, LMA, MAG), LMA, MAG)
+    assert decoded == pba and not decoded.accepted
+
+
+def _valid() -> bytes:
+    return encode_pbu(
+        PBU(sequence=1, lifetime_s=4, mn_id="mn", hnps=(HNP,), handoff=1, access_tech=3)
+    )
+
+
+def _with_option(option: bytes) -> bytes:
+    """A PBU whose only option is ``option``, padded with PadN to a multiple of 8."""
+    body = bytes([0, 1, 0x82, 0, 0, 1]) + option
+    pad = -(6 + len(body)) % 8
+    body += b"" if pad == 0 else bytes([0]) if pad == 1 else bytes([1, pad - 2]) + bytes(pad - 2)
+    return bytes([59, (6 + len(body)) // 8 - 1, 5, 0, 0, 0]) + body
+
+
+def test_reserved_bits_are_ignored_and_unknown_options_skipped() -> None:
+    options = bytes([0]) + bytes([99, 3, 1, 2, 3]) + bytes([8, 2, 1, 109, 23, 2, 0, 1])
+    mh = bytearray(_with_option(options + bytes([24, 2, 0, 3])))
+    mh[9] |= 0x1F  # reserved flag bits
+    pbu = decode_mh(bytes(mh))
+    assert pbu.flags == BuFlags.A | BuFlags.P
+    assert (pbu.mn_id, pbu.handoff, pbu.access_tech) == ("m", 1, 3)
+
+
+def test_checksum_covers_the_pseudo_header() -> None:
+    mh = encode_pbu(PBU(sequence=1, lifetime_s=4, mn_id="m", hnps=(HNP,)), MAG, LMA)
+    assert mh_checksum(MAG, LMA, mh) == 0
+    with pytest.raises(MhError, match="checksum") as info:
+        decode_mh(mh, MAG, IPv6Address("2001:db8:ff::2"))
+    assert info.value.reason == "checksum"
+    corrupted = mh[:20] + bytes([mh[20] ^ 1]) + mh[21:]
+    with pytest.raises(MhError, match="checksum"):
+        decode_mh(corrupted, MAG, LMA)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "words"),
+    [
+        (_valid()[:8], "short", "8 bytes"),
+        (_valid() + bytes(8), "length", "header length"),
+        (bytes([6]) + _valid()[1:], "proto", "payload proto is 6"),
+        (_valid()[:2] + bytes([7]) + _valid()[3:], "unknown-type", "type 7"),
+        (_with_option(bytes([23, 9, 0, 1])), "option", "runs past the end"),
+        (_with_option(bytes([23, 3, 0, 1, 0])), "option", "HANDOFF_INDICATOR option has length 3"),
+        (_with_option(bytes([22, 18, 0, 129]) + bytes(16)), "option", "prefix length 129"),
+        (_with_option(bytes([8, 2, 2, 65])), "option", "subtype 2"),
+        (_with_option(bytes([8, 3, 1, 0xFF, 0xFE])), "option", "UTF-8"),
+        (_with_option(bytes([23, 2, 0, 1, 23, 2, 0, 3])), "option", "appears twice"),
+    ],
+    ids=["short", "length", "proto", "type", "overrun", "hi-len", "plen", "subtype", "utf8", "dup"],
+)
+def test_malformed_input_raises_a_clear_error(data: bytes, reason: str, words: str) -> None:
+    with pytest.raises(MhError, match=words) as info:
+        decode_mh(data)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ValueError)
+
+
+def test_encoder_refuses_out_of_range_fields() -> None:
+    with pytest.raises(ValueError, match="sequence 65536"):
+        encode_pbu(PBU(sequence=65536, lifetime_s=4))
+    with pytest.raises(ValueError, match="MN identifier"):
+        encode_pbu(PBU(sequence=1, lifetime_s=4, mn_id="x" * 255))
+    with pytest.raises(ValueError, match="handoff_indicator 256"):
+        encode_pbu(PBU(sequence=1, lifetime_s=4, handoff=256))
