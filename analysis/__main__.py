@@ -26,7 +26,10 @@ def _note_excluded(excluded: list[tuple[str, str]]) -> None:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     # Imported here so that `report` and `summary` work without matplotlib.
-    from analysis.figures import make_figures
+    try:
+        from analysis.figures import make_figures
+    except ImportError as exc:  # e.g. a matplotlib built against another numpy
+        raise LoadError(f"cannot import matplotlib: {exc}") from exc
 
     results = _results_dir(args.results)
     runs = load_runs(results)

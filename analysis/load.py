@@ -81,6 +81,7 @@ class Runs:
 
     @property
     def empty(self) -> bool:
+        """True when no run was loaded."""
         return self.runs.empty
 
 
@@ -119,6 +120,7 @@ RUN_COLUMNS = [
     "handover_ns",
     "moving_node",
     "receivers",
+    "receiver_info",
     "n_sent",
     "git_commit",
     "meta",
@@ -133,6 +135,13 @@ def _lookup(meta: dict[str, Any], *keys: str) -> Any:
             if block.get(key) is not None:
                 return block[key]
     return None
+
+
+def _scalar(value: Any) -> Any:
+    """A meta value fit for a DataFrame cell: scalars as they are, structures as JSON text."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return json.dumps(value, sort_keys=True)
 
 
 def _peering_str(value: Any) -> str | None:
@@ -174,6 +183,7 @@ def _receiver_info(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    """Read one CSV of a run; the integer stamp columns must be complete and integral."""
     if not path.is_file():
         raise LoadError(f"{path.name} missing")
     try:
@@ -220,6 +230,7 @@ def _identity(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(run row, packets, sent, events) of one run directory, or LoadError with the reason."""
     meta_path = run_dir / "meta.json"
     if not meta_path.is_file():
         raise LoadError("meta.json missing (run not finished?)")
@@ -268,18 +279,31 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
         nodes = events.loc[events["event"] == HANDOVER_EVENT, "node"].dropna()
         moving = str(nodes.iloc[0]) if len(nodes) else None
 
+    # Per receiver: where it sits and whether the run is about it. Kept on the run row too,
+    # so that a receiver that got no packet at all still has a row in the metric tables.
+    receiver_info: dict[str, dict[str, Any]] = {}
     frames = []
     for path in files:
         node = path.name[len("receiver-") : -len(".csv")]
         rx = _read_csv(path, ["seq", "send_ns", "recv_ns"])
         if "hop_limit" not in rx.columns:
             rx["hop_limit"] = np.nan
+        try:
+            rx["hop_limit"] = pd.to_numeric(rx["hop_limit"]).astype(float)
+        except (ValueError, TypeError) as exc:
+            raise LoadError(f"{path.name} has non-numeric hop_limit values") from exc
         rx = rx[["seq", "send_ns", "recv_ns", "hop_limit"]].copy()
         rx["receiver"] = node
-        rx = _annotate_receiver(rx, node, moving, ident["kind"], present)
-        info = rx_info.get(node, {})
-        for key in ("receiver_mag", "receiver_lma", "receiver_locality"):
-            rx[key] = info.get(key)
+        rx = _annotate_receiver(rx)
+        receiver_info[node] = {
+            "receiver_mag": None,
+            "receiver_lma": None,
+            "receiver_locality": None,
+            **rx_info.get(node, {}),
+            "focus": is_focus_receiver(node, moving, ident["kind"], present),
+        }
+        for key, value in receiver_info[node].items():
+            rx[key] = value
         frames.append(rx)
     packets = pd.concat(frames, ignore_index=True)
 
@@ -295,8 +319,8 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
     run_row = {
         **ident,
         "run_dir": str(run_dir),
-        "link_backend": _lookup(meta, "link_backend", "backend"),
-        "seed": _lookup(meta, "seed"),
+        "link_backend": _scalar(_lookup(meta, "link_backend", "backend")),
+        "seed": _scalar(_lookup(meta, "seed", "seeds")),
         "rate": _lookup(meta, "rate", "rate_pps"),
         "duration": _lookup(meta, "duration", "duration_s"),
         "handover_at_ms": handover_at_ms,
@@ -304,6 +328,7 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
         "handover_ns": handover_ns,
         "moving_node": moving,
         "receivers": ",".join(sorted(present)),
+        "receiver_info": receiver_info,
         "n_sent": len(sent),
         "git_commit": _lookup(meta, "git_commit", "commit"),
         "meta": meta,
@@ -316,9 +341,7 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
     return run_row, packets, sent, events
 
 
-def _annotate_receiver(
-    rx: pd.DataFrame, node: str, moving: str | None, kind: str, receivers: set[str]
-) -> pd.DataFrame:
+def _annotate_receiver(rx: pd.DataFrame) -> pd.DataFrame:
     """Arrival index, duplicate flag, delay and RFC 3550 jitter of one receiver's packets."""
     rx = rx.sort_values("recv_ns", kind="stable").reset_index(drop=True)
     rx["arrival"] = np.arange(len(rx))
@@ -330,7 +353,6 @@ def _annotate_receiver(
     rx.loc[firsts, "jitter_ms"] = metrics.rfc3550_jitter(
         rx.loc[firsts, "send_ns"], rx.loc[firsts, "recv_ns"]
     ).series_ms
-    rx["focus"] = is_focus_receiver(node, moving, kind, receivers)
     return rx
 
 
@@ -403,8 +425,11 @@ def load_runs(
         return pd.concat(frames, ignore_index=True)[columns]
 
     runs_df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    # Nullable integers: epoch nanoseconds do not survive a detour through float64.
+    for col in ("stream_start_ns", "handover_ns"):
+        runs_df[col] = pd.array([row[col] for row in rows], dtype="Int64")
     if len(runs_df):
         runs_df = runs_df.sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
     pk_df = concat(packets, PACKET_COLUMNS)
-    pk_df["hop_limit"] = pd.array(pk_df["hop_limit"].astype(float), dtype="Int64")
+    pk_df["hop_limit"] = pd.array(pk_df["hop_limit"].astype(float).round(), dtype="Int64")
     return Runs(pk_df, concat(sent, SENT_COLUMNS), concat(events, EVENT_COLUMNS), runs_df, excluded)

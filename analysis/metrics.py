@@ -149,7 +149,10 @@ def handover_gap(
     arrival view by receive time, so reordered packets do not open or close a gap.
     `interval_ms` is the sender's packet interval (default: the median send-time step of
     the received packets). With `sent_seq` the missing packets are counted against what was
-    actually sent (seqs need not be contiguous); otherwise as first_after - last_before - 1.
+    actually sent (seqs need not be contiguous), and a side without any received packet is
+    open-ended: no packet after the handover means every sent packet after the last one
+    received is missing (the stream never recovered). Without `sent_seq` the count is
+    first_after - last_before - 1 and None when a side is empty.
     """
     seqs = _as_int64(seq)
     send = _as_int64(send_ns)
@@ -169,14 +172,17 @@ def handover_gap(
     first_after = int(u_seq[~before].min()) if (~before).any() else None
     missing: int | None = None
     lost_ms = gap_send_ms = math.nan
-    if last_before is not None and first_after is not None:
-        if sent_seq is None:
-            missing = first_after - last_before - 1
-        else:
-            sent = np.unique(_as_int64(sent_seq))
-            between = sent[(sent > last_before) & (sent < first_after)]
-            missing = len(np.setdiff1d(between, u_seq))
+    both = last_before is not None and first_after is not None
+    if sent_seq is not None and (last_before is not None or first_after is not None):
+        sent = np.unique(_as_int64(sent_seq))
+        lower = last_before if last_before is not None else np.iinfo(np.int64).min
+        upper = first_after if first_after is not None else np.iinfo(np.int64).max
+        missing = len(np.setdiff1d(sent[(sent > lower) & (sent < upper)], u_seq))
+    elif both:
+        missing = first_after - last_before - 1
+    if missing is not None:
         lost_ms = missing * interval_ms
+    if both:
         gap_send_ms = float(
             (u_send[u_seq == first_after][0] - u_send[u_seq == last_before][0]) / NS_PER_MS
         )

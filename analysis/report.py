@@ -68,7 +68,7 @@ REPORT_COLUMNS = [
 
 def fmt(value: object, spec: str = "{:.2f}") -> str:
     """A table cell: formatted number, or an en dash for missing values."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or pd.isna(value):  # None, NaN and pd.NA alike
         return "–"
     if spec == "{:d}":
         return spec.format(int(value))
@@ -150,6 +150,7 @@ class _Data:
         )
 
     def focus(self, scenario: str, kind: str, peering: str | None = None) -> pd.DataFrame:
+        """Per-receiver rows of the focus receivers of a group (any peering if None)."""
         rm = self.per_receiver
         if rm.empty:
             return rm
@@ -175,6 +176,7 @@ class _Data:
         return float(diff.median()) if len(diff) else math.nan
 
     def packets(self, scenario: str, kind: str, peering: str) -> pd.DataFrame:
+        """First arrivals of the focus receivers of a group."""
         pk = first_arrivals(self.runs.select(scenario, kind, peering).packets)
         return pk[pk["focus"].astype(bool)]
 
@@ -441,6 +443,32 @@ def _claim_sender(data: _Data) -> Claim:
 # ---------------------------------------------------------------------------- report
 
 
+def unrecovered_note(per_receiver: pd.DataFrame) -> list[str]:
+    """Lines naming focus receivers that got no packet after the handover at all.
+
+    Their handover loss runs to the end of the stream, which the medians above include.
+    """
+    if "ho_recovered" not in per_receiver:
+        return []
+    # NaN (no handover in the run) counts as recovered.
+    recovered = per_receiver["ho_recovered"].fillna(True).astype(bool)
+    rm = per_receiver[per_receiver["focus"].astype(bool) & ~recovered]
+    if rm.empty:
+        return []
+    lines = ["", "No packet after the handover (stream never recovered):"]
+    for _, r in rm.iterrows():
+        what = (
+            "received nothing at all"
+            if r["n_received"] == 0
+            else f"{fmt(r['ho_missing'], '{:.0f}')} packets lost up to the end of the stream"
+        )
+        lines.append(
+            f"- {r['scenario']}/{r['kind']}/peering-{r['peering']}/run-{int(r['run']):02d},"
+            f" receiver {r['receiver']}: {what}"
+        )
+    return lines
+
+
 def build_report(
     runs: Runs, results_dir: str | Path = "results", windows: Windows | None = None
 ) -> str:
@@ -483,6 +511,7 @@ def build_report(
         lines.append("No completed runs.")
     else:
         lines.append(markdown_table(group_summary(runs, per_receiver), REPORT_COLUMNS))
+        lines += unrecovered_note(per_receiver)
     lines += ["", "## Paper claims", "", "| # | paper | ours | verdict | rule |"]
     lines.append("|---|---|---|---|---|")
     evaluated = claims(runs, windows, per_receiver)

@@ -87,6 +87,7 @@ def _receiver_row(
     )
     row.update(
         {
+            "ho_recovered": gap.first_after_seq is not None,
             "ho_missing": gap.missing_packets,
             "ho_lost_ms": gap.lost_ms,
             "ho_gap_send_ms": gap.gap_send_ms,
@@ -121,14 +122,22 @@ def receiver_metrics(runs: Runs, windows: Windows | None = None) -> pd.DataFrame
     rows = []
     sent_by_run = dict(tuple(runs.sent.groupby(RUN_KEYS, sort=False)))
     run_by_key = {tuple(r[k] for k in RUN_KEYS): r for _, r in runs.runs.iterrows()}
-    for key, pk in runs.packets.groupby([*RUN_KEYS, "receiver"], sort=True):
-        run_key = tuple(key[:4])
+    packets_by_rx = dict(tuple(runs.packets.groupby([*RUN_KEYS, "receiver"], sort=False)))
+    no_packets = runs.packets.iloc[0:0]
+    # Iterate over the receivers each run has files for, not over packets: a receiver
+    # that got nothing must show up as lost, not vanish.
+    for run_key, run in sorted(run_by_key.items()):
         sent = sent_by_run.get(run_key, runs.sent.iloc[0:0])
-        row = dict(zip([*RUN_KEYS, "receiver"], key, strict=True))
-        row["focus"] = bool(pk["focus"].iloc[0])
-        row["receiver_locality"] = pk["receiver_locality"].iloc[0]
-        row.update(_receiver_row(pk, sent, run_by_key[run_key], windows))
-        rows.append(row)
+        for receiver, info in sorted(run["receiver_info"].items()):
+            pk = packets_by_rx.get((*run_key, receiver), no_packets)
+            row = dict(zip(RUN_KEYS, run_key, strict=True))
+            row.update(
+                receiver=receiver,
+                focus=bool(info["focus"]),
+                receiver_locality=info["receiver_locality"],
+            )
+            row.update(_receiver_row(pk, sent, run, windows))
+            rows.append(row)
     columns = [*RUN_KEYS, "receiver", "focus", "receiver_locality"]
     return pd.DataFrame(rows, columns=None if rows else columns)
 

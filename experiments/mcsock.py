@@ -99,6 +99,13 @@ def group_source_req(ifidx: int, group: Address, source: Address) -> bytes:
     return group_req(ifidx, group) + sockaddr_storage(source)
 
 
+def error_text(exc: BaseException) -> str:
+    """The message of ``exc`` for a one-line error, without Python's "[Errno N]" prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
 def _setsockopt(sock: socket.socket, level: int, option: int, value: bytes, what: str) -> None:
     try:
         sock.setsockopt(level, option, value)

@@ -439,24 +439,29 @@ class RouteError(RuntimeError):
     """An ``ip -6 route`` command failed; the message carries iproute2's own words."""
 
 
-def _ip_route(action: str, prefix: IPv6Network, dev: str, via: IPv6Address | None) -> None:
-    cmd = ["ip", "-6", "route", action, str(prefix)]
-    if via is not None:
-        cmd += ["via", str(via)]
-    cmd += ["dev", dev]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RouteError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+class IpRoute:
+    """The kernel routing table of this process's namespace, changed with ``ip -6 route``.
 
+    Agents take any object with these two methods, so their logic can run against a fake.
+    """
 
-def route_replace(prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
-    """Install or overwrite the route to ``prefix`` (``ip -6 route replace``)."""
-    _ip_route("replace", prefix, dev, via)
+    def replace(self, prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
+        """Install or overwrite the route to ``prefix``."""
+        self._run("replace", prefix, dev, via)
 
+    def delete(self, prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
+        """Remove the route to ``prefix``."""
+        self._run("del", prefix, dev, via)
 
-def route_delete(prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
-    """Remove the route to ``prefix`` (``ip -6 route del``)."""
-    _ip_route("del", prefix, dev, via)
+    @staticmethod
+    def _run(action: str, prefix: IPv6Network, dev: str, via: IPv6Address | None) -> None:
+        cmd = ["ip", "-6", "route", action, str(prefix)]
+        if via is not None:
+            cmd += ["via", str(via)]
+        cmd += ["dev", dev]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RouteError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
 
 def open_mh_socket(address: IPv6Address) -> socket.socket:
@@ -545,8 +550,10 @@ class LmaAgent:
         events: EventLog,
         bce_delete_delay: float = MIN_DELAY_BEFORE_BCE_DELETE_S,
         max_lifetime_s: int = MAX_LIFETIME_S,
+        routes: IpRoute | None = None,
     ) -> None:
         self.address = address
+        self.routes = routes or IpRoute()
         self.tunnel_ifs = frozenset(tunnel_ifs)
         self.coa_tunnels = dict(coa_tunnels or {})
         self.events = events
@@ -691,7 +698,7 @@ class LmaAgent:
         if bce is None or moved:
             try:
                 for hnp in pbu.hnps:
-                    route_replace(hnp, tunnel, coa)
+                    self.routes.replace(hnp, tunnel, coa)
             except RouteError as exc:
                 self.events.emit("route_failed", str(exc))
                 return Status.REASON_UNSPECIFIED
@@ -742,7 +749,7 @@ class LmaAgent:
         bce.cancel_timer()
         for hnp in bce.hnps:
             try:
-                route_delete(hnp, bce.tunnel_if, bce.proxy_coa)
+                self.routes.delete(hnp, bce.tunnel_if, bce.proxy_coa)
             except RouteError as exc:  # someone else removed it; the BCE goes regardless
                 print(f"pmip lma: {exc}", file=sys.stderr)
         self.events.emit(
@@ -794,8 +801,10 @@ class MagAgent:
         access_tech: int = AccessTech.IEEE_802_3,
         initial_timeout: float = INITIAL_BINDACK_TIMEOUT_S,
         max_timeout: float = MAX_BINDACK_TIMEOUT_S,
+        routes: IpRoute | None = None,
     ) -> None:
         self.proxy_coa = proxy_coa
+        self.routes = routes or IpRoute()
         self.events = events
         self.access_tech = access_tech
         self.initial_timeout = initial_timeout
@@ -827,7 +836,7 @@ class MagAgent:
             raise ValueError("a registration needs a positive lifetime")
         done = self._exchange("pbu_sent", mn_id, hnp, lma, handoff, lifetime_s)
         assert done is not None
-        route_replace(hnp, access_if)
+        self.routes.replace(hnp, access_if)
         self.events.emit("route_added", _detail(hnp=hnp, dev=access_if))
         return done
 
@@ -849,7 +858,7 @@ class MagAgent:
         """
         if access_if is not None:
             try:
-                route_delete(hnp, access_if)
+                self.routes.delete(hnp, access_if)
                 self.events.emit("route_deleted", _detail(hnp=hnp, dev=access_if))
             except RouteError as exc:
                 print(f"pmip mag: {exc}", file=sys.stderr)
@@ -944,10 +953,6 @@ def _status_name(status: int) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _ipv6(text: str) -> IPv6Address:
@@ -1065,7 +1070,7 @@ def _tunnels(specs: list[str]) -> tuple[list[str], dict[IPv6Address, str]]:
         try:
             pinned[IPv6Address(coa)] = ifname
         except ValueError:
-            raise _UsageError(f"--tunnel-if {spec}: {coa!r} is not an IPv6 address") from None
+            raise ValueError(f"--tunnel-if {spec}: {coa!r} is not an IPv6 address") from None
     for ifname in [*names, *pinned.values()]:
         mcsock.ifindex(ifname)  # fail now, with the interface's name, not at the first PBU
     return names, pinned
@@ -1136,6 +1141,13 @@ def run_mag(args: argparse.Namespace, events: EventLog) -> int:
     return 0
 
 
+def _one_line(exc: Exception) -> str:
+    hint = ""
+    if isinstance(exc, OSError) and exc.errno == errno.EPERM:
+        hint = " (raw sockets and routes need root)"
+    return mcsock.error_text(exc) + hint
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     role = "lma" if args.command == "lma" else "mag"
@@ -1143,16 +1155,14 @@ def main(argv: list[str] | None = None) -> int:
         events = EventLog(args.events, args.node or role)
     except OSError as exc:
         print(
-            f"pmip {args.command}: error: cannot open {args.events}: {exc.strerror}",
+            f"pmip {args.command}: error: cannot open {args.events}: {_one_line(exc)}",
             file=sys.stderr,
         )
         return 1
     try:
         return (run_lma if role == "lma" else run_mag)(args, events)
-    except (_UsageError, SignallingError, RouteError, ValueError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.EPERM:
-            exc = OSError(exc.errno, f"{exc.strerror} (raw sockets and routes need root)")
-        print(f"pmip {args.command}: error: {exc}", file=sys.stderr)
+    except (SignallingError, RouteError, ValueError, OSError) as exc:
+        print(f"pmip {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"pmip {args.command}: interrupted", file=sys.stderr)

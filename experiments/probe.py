@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_send(args) if args.command == "send" else run_recv(args)
     except (ProbeError, ValueError, OSError) as exc:
-        print(f"probe {args.command}: error: {exc}", file=sys.stderr)
+        print(f"probe {args.command}: error: {mcsock.error_text(exc)}", file=sys.stderr)
         return 1
 
 

@@ -10,7 +10,7 @@ import sys
 
 from proxy import __version__
 from proxy import config as configmod
-from proxy.daemon import DEFAULT_CTL, Daemon
+from proxy.daemon import DEFAULT_CTL, Daemon, EventLog
 from proxy.instance import Tunables
 from proxy.kernel import KernelError
 
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         "-s", "--ctl", default=DEFAULT_CTL, help=f"control socket path (default {DEFAULT_CTL})"
     )
     p.add_argument("--log", help="log file (default: standard error)")
+    p.add_argument("--events", help="append timestamped protocol events to this CSV file")
+    p.add_argument("--node", default="", help="node name written in the events file")
     p.add_argument(
         "--idle-timeout",
         type=float,
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     tun = Tunables(poll_interval=args.poll_interval, idle_timeout=args.idle_timeout)
     try:
-        asyncio.run(Daemon(cfg, args.ctl, tun).run())
+        events = EventLog(args.events, args.node) if args.events else None
+        asyncio.run(Daemon(cfg, args.ctl, tun, events).run())
     except KernelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import logging
 import os
 import signal
+import time
 from collections import Counter
+from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from proxy import config as configmod
@@ -18,6 +21,31 @@ from proxy.netlink import LinkMonitor, LinkState
 from proxy.wire import QuerySender, arrival_ifindex, parse_igmp, parse_mld
 
 log = logging.getLogger("pymcproxy")
+
+
+class EventLog:
+    """Timestamped protocol events as CSV (``t_ns,event,node,detail``, CLOCK_REALTIME).
+
+    Experiments put these next to their probes' logs: all namespaces share one clock.
+    """
+
+    def __init__(self, path: str, node: str) -> None:
+        self.node = node
+        self.file = open(path, "a", buffering=1, newline="")  # noqa: SIM115 - daemon lifetime
+        self.writer = csv.writer(self.file)
+        if self.file.tell() == 0:
+            self.writer.writerow(("t_ns", "event", "node", "detail"))
+
+    def emitter(self, instance: str) -> Callable[[str, str], None]:
+        def emit(event: str, detail: str) -> None:
+            self.writer.writerow((time.time_ns(), event, self.node, f"{instance} {detail}"))
+
+        return emit
+
+    def close(self) -> None:
+        self.file.close()
+
+
 DEFAULT_CTL = "/run/pymcproxy.sock"
 
 
@@ -25,9 +53,14 @@ class Daemon:
     """Runs the instances of one configuration until stopped."""
 
     def __init__(
-        self, cfg: configmod.Config, ctl_path: str = DEFAULT_CTL, tunables: Tunables | None = None
+        self,
+        cfg: configmod.Config,
+        ctl_path: str = DEFAULT_CTL,
+        tunables: Tunables | None = None,
+        events: EventLog | None = None,
     ):
         self.cfg = cfg
+        self.events = events
         self.ctl_path = ctl_path
         self.tunables = tunables or Tunables()
         self.instances: dict[str, ProxyInstance] = {}
@@ -66,6 +99,8 @@ class Daemon:
                 os.unlink(self.ctl_path)
             self.monitor.close()
             self.sender.close()
+            if self.events:
+                self.events.close()
             log.info("stopped")
 
     def stop(self) -> None:
@@ -73,8 +108,9 @@ class Daemon:
 
     def _start_instance(self, icfg: configmod.Instance) -> None:
         loop = asyncio.get_running_loop()
+        emit = self.events.emitter(icfg.name) if self.events else None
         inst = ProxyInstance(
-            icfg, self.cfg.family, self.cfg.version, loop, self.sender, self.tunables
+            icfg, self.cfg.family, self.cfg.version, loop, self.sender, self.tunables, emit
         )
         self.instances[icfg.name] = inst
         loop.add_reader(inst.table.sock, self._on_socket, inst)

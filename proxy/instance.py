@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy import kernel, netlink
@@ -56,8 +57,10 @@ class ProxyInstance:
         scheduler: Scheduler,
         sender: QuerySender,
         tunables: Tunables | None = None,
+        emit: Callable[[str, str], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.emit = emit or (lambda event, detail: None)
         self.name = cfg.name
         self.family = family
         self.version = version
@@ -149,6 +152,7 @@ class ProxyInstance:
 
     def _link_up(self, ifname: str, role: Role) -> None:
         self.log.info("link up: %s (%s)", ifname, role.value)
+        self.emit("proxy_link_up", ifname)
         self.addresses[ifname] = netlink.own_address(self.family, ifname)
         if role is not Role.UPSTREAM:
             q = self.queriers.get(ifname) or self._make_querier(ifname)
@@ -160,6 +164,7 @@ class ProxyInstance:
 
     def _link_down(self, ifname: str, role: Role, gone: bool) -> None:
         self.log.info("link %s: %s (%s)", "gone" if gone else "down", ifname, role.value)
+        self.emit("proxy_link_down", ifname)
         vif = self.table.vifs.get(ifname)
         if vif:
             # Flows that entered here (a source that left) must be re-learned elsewhere.
@@ -193,6 +198,7 @@ class ProxyInstance:
         link = self.links.get(ifname)
         if link and link.up and self.sender.send(link.ifindex, self.addresses.get(ifname), query):
             self.counters["queries_sent"] += 1
+            self.emit("query_sent", f"{ifname} {'general' if query.is_general else query.group}")
 
     # --- messages and upcalls -----------------------------------------------------------
 
@@ -203,6 +209,7 @@ class ProxyInstance:
         role = self.policy.roles.get(ifname)
         if role in (Role.DOWNSTREAM, Role.PEERING) and ifname in self.queriers:
             self.counters[f"rx_{type(msg).__name__.lower()}"] += 1
+            self.emit("report_received" if not isinstance(msg, Query) else "query_received", ifname)
             self.queriers[ifname].receive(msg, src)
         else:
             self.counters["rx_upstream_ignored"] += 1
@@ -226,7 +233,10 @@ class ProxyInstance:
 
     def _install(self, source: Address, group: Address, iif: str) -> None:
         vif = self.table.vifs[iif]
-        self.table.set_mfc(source, group, vif.index, self._oif_indexes(iif, source, group))
+        oifs = self._oif_indexes(iif, source, group)
+        self.table.set_mfc(source, group, vif.index, oifs)
+        names = sorted(v.ifname for v in self.table.vifs.values() if v.index in oifs)
+        self.emit("mfc_installed", f"({source},{group}) {iif} -> {' '.join(names) or '-'}")
         self._idle[(source, group)] = 0.0
         peers = self.peered.setdefault(group, {})
         changed = False
@@ -271,6 +281,10 @@ class ProxyInstance:
 
     def _querier_changed(self, ifname: str, group: Address) -> None:
         self.counters["membership_changes"] += 1
+        if is_routable_group(group):
+            self.emit(
+                "membership_changed", f"{ifname} {group} {self.queriers[ifname].state(group)}"
+            )
         self.refresh(group)
 
     def refresh(self, group: Address) -> None:
@@ -287,6 +301,10 @@ class ProxyInstance:
             oifs = self._oif_indexes(iif.ifname, source, group)
             if oifs != entry.oifs:
                 self.table.set_mfc(source, group, entry.parent, oifs)
+                names = sorted(v.ifname for v in self.table.vifs.values() if v.index in oifs)
+                self.emit(
+                    "mfc_updated", f"({source},{group}) {iif.ifname} -> {' '.join(names) or '-'}"
+                )
 
     def _downstream_states(self, group: Address) -> dict[str, MembershipState]:
         return {
@@ -310,6 +328,7 @@ class ProxyInstance:
                 if self.host.set(ifname, group, state):
                     self.counters["upstream_changes"] += 1
                     self.log.info("upstream %s: %s %s", ifname, group, state)
+                    self.emit("upstream_changed", f"{ifname} {group} {state}")
             except kernel.KernelError as exc:
                 self.log.warning("%s", exc)
 

@@ -111,6 +111,21 @@ def make_netns(name: str) -> None:
         run_cmd(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"])
 
 
+def add_address(ep: Endpoint, cidr: str) -> None:
+    """An IPv6 address on ``ep``, usable at once (no DAD)."""
+    run_cmd(f"ip -n {ep.netns} addr add {cidr} dev {ep.ifname} nodad".split())
+
+
+def static_neighbour(ep: Endpoint, address: str, peer: Endpoint) -> None:
+    """``address`` is ``peer``'s, permanently: no ND round trip over a delayed link first."""
+    if peer.mac is None:
+        raise ValueError(f"{peer.label} has no fixed MAC address")
+    cmd = (
+        f"ip -n {ep.netns} neigh replace {address} lladdr {peer.mac} dev {ep.ifname} nud permanent"
+    )
+    run_cmd(cmd.split())
+
+
 def enable_timestamps(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
@@ -231,8 +246,9 @@ def _mac(index: int, host: int) -> str:
     return f"02:00:00:b0:{index:02x}:{host:02x}"
 
 
-def build_links(backend: LinkBackend, prefix: str, profiles: list[LinkProfile],
-                seed: int) -> list[BenchLink]:
+def build_links(
+    backend: LinkBackend, prefix: str, profiles: list[LinkProfile], seed: int
+) -> list[BenchLink]:
     """One link per profile between ``<prefix>-<name>-tx`` and ``-rx``, with static ND."""
     links = []
     for index, profile in enumerate(profiles):
@@ -244,11 +260,8 @@ def build_links(backend: LinkBackend, prefix: str, profiles: list[LinkProfile],
         for ns, ep, host, peer in ((tx_ns, tx, 1, rx), (rx_ns, rx, 2, tx)):
             make_netns(ns)
             backend.add_endpoint(ep)
-            run_cmd(["ip", "-n", ns, "addr", "add", f"{_addr(index, host)}/64", "dev", "eth0",
-                     "nodad"])
-            # Static neighbours: no ND round trip (through the delayed link) on the first packets.
-            run_cmd(["ip", "-n", ns, "neigh", "replace", _addr(index, 3 - host), "lladdr",
-                     peer.mac or "", "dev", "eth0", "nud", "permanent"])
+            add_address(ep, f"{_addr(index, host)}/64")
+            static_neighbour(ep, _addr(index, 3 - host), peer)
         backend.connect(tx, rx, profile, seed + index)
         link.tx_sock = netns_socket(tx_ns, socket.AF_INET6, socket.SOCK_DGRAM)
         for flow in range(FLOWS):
@@ -275,8 +288,9 @@ def send_flows(links: list[BenchLink], count: int, start_ns: int) -> None:
             link.tx_sock.sendto(payload, (link.rx_addr, PORT_BASE + flow))
 
 
-def receive_flows(links: list[BenchLink], deadline_ns: int,
-                  expected: int) -> dict[str, list[tuple[int, int, int, int]]]:
+def receive_flows(
+    links: list[BenchLink], deadline_ns: int, expected: int
+) -> dict[str, list[tuple[int, int, int, int]]]:
     """(flow, seq, send_ns, recv_ns) per link, in arrival order, until all came or deadline."""
     owner = {sock: link for link in links for sock in link.rx_socks}
     samples: dict[str, list[tuple[int, int, int, int]]] = {link.name: [] for link in links}
@@ -297,8 +311,13 @@ def receive_flows(links: list[BenchLink], deadline_ns: int,
     return samples
 
 
-def analyse(link: BenchLink, resolved: LinkProfile, samples: list[tuple[int, int, int, int]],
-            sent: int, link_stats: dict[str, Any] | None) -> dict[str, Any]:
+def analyse(
+    link: BenchLink,
+    resolved: LinkProfile,
+    samples: list[tuple[int, int, int, int]],
+    sent: int,
+    link_stats: dict[str, Any] | None,
+) -> dict[str, Any]:
     delays = [(recv - send) / 1e6 for _, _, send, recv in samples]
     per_flow: dict[int, list[int]] = {}
     for flow, seq, _, _ in samples:
@@ -326,8 +345,9 @@ def analyse(link: BenchLink, resolved: LinkProfile, samples: list[tuple[int, int
     return result
 
 
-def plot_cdfs(results: list[dict[str, Any]], profiles: dict[str, LinkProfile],
-              out_base: Path) -> list[Path]:
+def plot_cdfs(
+    results: list[dict[str, Any]], profiles: dict[str, LinkProfile], out_base: Path
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,14 +377,18 @@ def plot_cdfs(results: list[dict[str, Any]], profiles: dict[str, LinkProfile],
 
 
 def git_commit() -> str | None:
-    proc = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty",
-                           "--abbrev=40"], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=40"],
+        capture_output=True,
+        text=True,
+    )
     return proc.stdout.strip() or None
 
 
 @contextmanager
-def bench_network(backend_name: str, prefix: str, profiles: list[LinkProfile],
-                  seed: int) -> Iterator[tuple[LinkBackend, list[BenchLink]]]:
+def bench_network(
+    backend_name: str, prefix: str, profiles: list[LinkProfile], seed: int
+) -> Iterator[tuple[LinkBackend, list[BenchLink]]]:
     """Backend and links, removed again however the block ends."""
     backend = select_backend(backend_name, tag=prefix)
     links: list[BenchLink] = []
@@ -394,7 +418,8 @@ def run_bench(duration_s: float, backend_name: str, seed: int = 1) -> dict[str, 
         resolved = {link.name: _resolved(backend, link) for link in links}
         start_ns = time.monotonic_ns() + 200_000_000
         sender = multiprocessing.get_context("fork").Process(
-            target=send_flows, args=(links, count, start_ns), daemon=True)
+            target=send_flows, args=(links, count, start_ns), daemon=True
+        )
         sender.start()
         max_delay_ns = max(p.delay_ms + p.jitter_ms for p in resolved.values()) * 1e6
         deadline = start_ns + count * 1e9 / RATE_PPS + max_delay_ns + 1e9
@@ -403,8 +428,13 @@ def run_bench(duration_s: float, backend_name: str, seed: int = 1) -> dict[str, 
         stats = backend.stats()
         description = backend.describe()
     results = [
-        analyse(link, resolved[link.name], samples[link.name], count * FLOWS,
-                stats.get(direction_key(link.tx, link.rx)))
+        analyse(
+            link,
+            resolved[link.name],
+            samples[link.name],
+            count * FLOWS,
+            stats.get(direction_key(link.tx, link.rx)),
+        )
         for link in links
     ]
     uname = os.uname()
@@ -426,14 +456,17 @@ def run_bench(duration_s: float, backend_name: str, seed: int = 1) -> dict[str, 
 def _resolved(backend: LinkBackend, link: BenchLink) -> LinkProfile:
     for entry in backend.describe()["links"]:
         if entry["a"] == link.tx.label and entry["connected"]:
-            return LinkProfile.from_dict({**entry["configured"], "delay_ms": entry["delay_ms"],
-                                          "delay_range_ms": None})
+            return LinkProfile.from_dict(
+                {**entry["configured"], "delay_ms": entry["delay_ms"], "delay_range_ms": None}
+            )
     raise RuntimeError(f"link of {link.name} not found in the backend description")
 
 
 def print_summary(results: list[dict[str, Any]]) -> bool:
-    print(f"{'profile':9} {'delay':>8} {'jit':>5} {'n':>6} {'mean':>8} {'err':>7} {'bias':>7} "
-          f"{'sd':>7} {'exp.sd':>7} {'sd err':>7} {'reord':>6} {'loss':>6}  verdict")
+    print(
+        f"{'profile':9} {'delay':>8} {'jit':>5} {'n':>6} {'mean':>8} {'err':>7} {'bias':>7} "
+        f"{'sd':>7} {'exp.sd':>7} {'sd err':>7} {'reord':>6} {'loss':>6}  verdict"
+    )
     ok = True
     for r in results:
         if r["n"] == 0:
@@ -441,18 +474,23 @@ def print_summary(results: list[dict[str, Any]]) -> bool:
             ok = False
             continue
         bias = r["bias_vs_drawn_ms"]
-        print(f"{r['profile']:9} {r['delay_ms']:8.3f} {r['jitter_ms']:5.1f} {r['n']:6d} "
-              f"{r['mean_ms']:8.3f} {r['mean_error_ms']:+7.3f} "
-              f"{'' if bias is None else format(bias, '+.3f'):>7} {r['sd_ms']:7.3f} "
-              f"{r['expected_sd_ms']:7.3f} {r['sd_error_pct']:+6.2f}% {r['reorder_rate']:6.3f} "
-              f"{r['loss']:6.4f}  {'pass' if r['pass'] else 'FAIL'}")
+        print(
+            f"{r['profile']:9} {r['delay_ms']:8.3f} {r['jitter_ms']:5.1f} {r['n']:6d} "
+            f"{r['mean_ms']:8.3f} {r['mean_error_ms']:+7.3f} "
+            f"{'' if bias is None else format(bias, '+.3f'):>7} {r['sd_ms']:7.3f} "
+            f"{r['expected_sd_ms']:7.3f} {r['sd_error_pct']:+6.2f}% {r['reorder_rate']:6.3f} "
+            f"{r['loss']:6.4f}  {'pass' if r['pass'] else 'FAIL'}"
+        )
         ok = ok and r["pass"]
     return ok
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m topologies.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m topologies.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="3 s instead of 30 s")
     parser.add_argument("--backend", default="auto", choices=["auto", "emulator", "netem"])
     parser.add_argument("--seed", type=int, default=1)
@@ -474,8 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {json_path}, {', '.join(str(p) for p in plots)}")
     if not ok:
         failed = [r["profile"] for r in report["profiles"] if not r["pass"]]
-        print(f"FAIL: link fidelity targets missed for {', '.join(failed)} "
-              f"(|mean error| <= {MEAN_TARGET_MS} ms, |sd error| <= {SD_TARGET_PCT} %)")
+        print(
+            f"FAIL: link fidelity targets missed for {', '.join(failed)} "
+            f"(|mean error| <= {MEAN_TARGET_MS} ms, |sd error| <= {SD_TARGET_PCT} %)"
+        )
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 RUN_DIR = Path("/run/pmiplab")
 PREFIX = "pml"
 # Command-line words that identify our processes when a pid file names no marker.
-PROJECT_MARKERS = ("topologies", "proxy", "experiments", "pymcproxy", "pmiplab")
+PROJECT_MARKERS = ("-m topologies", "-m proxy", "-m experiments", "pymcproxy", "pmiplab")
 TERM_GRACE_S = 2.0
 
 Log = Callable[[str], None]
@@ -147,8 +147,11 @@ def cleanup(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m topologies.clean", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m topologies.clean",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--prefix", default=PREFIX, help="name prefix (default: %(default)s)")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
     parser.add_argument("--pid-pattern", default="*.pid", help="pid files to act on")

@@ -554,8 +554,7 @@ def netem_connect_cmds(
     seed_ab, seed_ba = seeds if seeds else (None, None)
     # No multicast snooping: the bridge is a wire, MLD must not change what it forwards.
     cmds = [
-        ["ip", "link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0",
-         "mcast_snooping", "0"],
+        f"ip link add {bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0".split(),
         *_quiet_root_if(bridge),
         ["ip", "link", "set", "dev", bridge, "up"],
     ]
@@ -657,7 +656,8 @@ class NetemBackend(LinkBackend):
         if self._seeded:
             seeds = (netem_direction_seed(link.seed, 0), netem_direction_seed(link.seed, 1))
         outer_a, outer_b = self._outer[link.a], self._outer[link.b]
-        self._run_all(netem_connect_cmds(self._bridge(link), outer_a, outer_b, link.resolved, seeds))
+        cmds = netem_connect_cmds(self._bridge(link), outer_a, outer_b, link.resolved, seeds)
+        self._run_all(cmds)
 
     def _disconnect(self, link: _Link) -> None:
         outer_a, outer_b = self._outer[link.a], self._outer[link.b]

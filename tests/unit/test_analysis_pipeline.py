@@ -20,6 +20,7 @@ from analysis import load_runs, metrics, summary_table
 from analysis.__main__ import main
 from analysis.figures import make_figures
 from analysis.report import build_report, write_report
+from analysis.tables import receiver_metrics
 
 T0 = 1_700_000_000_000_000_000
 INTERVAL_NS = 10_000_000  # 100 packets/s
@@ -281,3 +282,19 @@ def test_summary_table_and_cli(results: Path, capsys: pytest.CaptureFixture[str]
     assert err.startswith("error:") and "\n" not in err
     assert main(["report", "--results", str(results), "--output", str(results / "R.md")]) == 0
     assert (results / "R.md").is_file()
+
+
+def test_receiver_without_packets_counts_as_lost(tmp_path: Path) -> None:
+    for peering in ("off", "on"):
+        write_run(tmp_path, "single-lma-lte", "receiver-handover", peering, 0)
+    run_dir = write_run(tmp_path, "single-lma-lte", "receiver-handover", "on", 1)
+    (run_dir / "receiver-mn1.csv").write_text("seq,send_ns,recv_ns\n")
+    runs = load_runs(tmp_path)
+    rm = receiver_metrics(runs)
+    empty = rm[(rm["peering"] == "on") & (rm["run"] == 1) & (rm["receiver"] == "mn1")].iloc[0]
+    assert empty["n_received"] == 0 and empty["lost"] == N_PACKETS
+    assert not empty["ho_recovered"]
+    report = build_report(runs, tmp_path)
+    assert "peering-on/run-01, receiver mn1: received nothing at all" in report
+    outcome = make_figures(runs, tmp_path / "figures", None, log=lambda _: None)
+    assert tmp_path / "figures" / "fig06.png" in outcome.written

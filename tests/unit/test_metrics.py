@@ -107,6 +107,10 @@ def test_handover_gap_without_packets_after() -> None:
     assert gap.last_before_seq == 9 and gap.first_after_seq is None
     assert gap.missing_packets is None and math.isnan(gap.lost_ms)
     assert math.isnan(gap.gap_arrival_ms)
+    # Against what was sent (seqs 0..59), the loss runs to the end of the stream: 10..59.
+    open_ended = metrics.handover_gap(seq, send, recv, 500 * MS, sent_seq=range(60))
+    assert open_ended.missing_packets == 50 and open_ended.lost_ms == pytest.approx(500.0)
+    assert math.isnan(open_ended.gap_send_ms)
 
 
 def test_before_after_windows() -> None:

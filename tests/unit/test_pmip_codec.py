@@ -1,4 +1,5 @@
-"""PBU/PBA codec of experiments.pmip against scapy (the independent oracle) and by hand.
+"""PBU/PBA codec of experiments.pmip against scapy (the independent oracle) and by hand;
+also the LMA's PBU checks and binding-cache decisions, run against a fake routing table.
 
 scapy 2.5 knows the Binding Update/Ack and the MN Identifier option, and NEMO's Mobile
 Network Prefix option, whose layout and 8n+4 alignment the Home Network Prefix option
@@ -19,8 +20,11 @@ from experiments.pmip import (
     PBU,
     BaFlags,
     BuFlags,
+    EventLog,
     Handoff,
+    LmaAgent,
     MhError,
+    Status,
     decode_mh,
     encode_pba,
     encode_pbu,
@@ -224,3 +228,143 @@ def test_encoder_refuses_out_of_range_fields() -> None:
         encode_pbu(PBU(sequence=1, lifetime_s=4, mn_id="x" * 255))
     with pytest.raises(ValueError, match="handoff_indicator 256"):
         encode_pbu(PBU(sequence=1, lifetime_s=4, handoff=256))
+
+
+# --------------------------------------------------------------------------- LMA decisions
+
+MAG1 = IPv6Address("2001:db8:a1::2")
+MAG2 = IPv6Address("2001:db8:a2::2")
+MN = "mn1@pmip.example"
+
+
+class FakeRoutes:
+    """Stands in for ``ip -6 route``: prefix -> (via, dev)."""
+
+    def __init__(self) -> None:
+        self.table: dict[IPv6Network, tuple[IPv6Address | None, str]] = {}
+
+    def replace(self, prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
+        self.table[prefix] = (via, dev)
+
+    def delete(self, prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
+        assert self.table.pop(prefix) == (via, dev)
+
+
+@pytest.fixture
+def lma() -> LmaAgent:
+    return LmaAgent(
+        LMA, tunnel_ifs=["tun1", "tun2"], events=EventLog(None, "lma"), routes=FakeRoutes()
+    )
+
+
+def _pbu(at_s: float = 1.0, **changes: object) -> PBU:
+    fields: dict = dict(
+        sequence=1,
+        lifetime_s=3600,
+        mn_id=MN,
+        hnps=(HNP,),
+        handoff=1,
+        access_tech=3,
+        timestamp=timestamp_from_ns(int((1_700_000_000 + at_s) * 1e9)),
+    )
+    fields.update(changes)
+    return PBU(**fields)
+
+
+def test_lma_binds_the_hnp_to_the_first_mag_and_moves_it_to_the_second(lma: LmaAgent) -> None:
+    first = lma.handle_pbu(_pbu(1), MAG1, "tun1")
+    assert first is not None and first.accepted and first.lifetime_s == 3600
+    assert lma.routes.table == {HNP: (MAG1, "tun1")}
+    second = lma.handle_pbu(_pbu(2, handoff=3), MAG2, "tun2")
+    assert second is not None and second.accepted
+    assert lma.routes.table == {HNP: (MAG2, "tun2")}
+    assert lma.bindings[MN].proxy_coa == MAG2
+    assert [row[1] for row in lma.events.rows] == [
+        "pbu_received",
+        "bce_updated",
+        "route_added",
+        "pbu_received",
+        "bce_updated",
+        "route_moved",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "ifname", "status"),
+    [
+        ({"flags": BuFlags.A}, "tun1", Status.PROXY_REG_NOT_ENABLED),
+        ({"mn_id": None}, "tun1", Status.MISSING_MN_IDENTIFIER_OPTION),
+        ({}, "eth0", Status.MAG_NOT_AUTHORIZED_FOR_PROXY_REG),
+        ({"hnps": ()}, "tun1", Status.MISSING_HOME_NETWORK_PREFIX_OPTION),
+        ({"handoff": None}, "tun1", Status.MISSING_HANDOFF_INDICATOR_OPTION),
+        ({"access_tech": None}, "tun1", Status.MISSING_ACCESS_TECH_TYPE_OPTION),
+        ({"lifetime_s": 0}, "tun1", Status.NOT_LMA_FOR_THIS_MOBILE_NODE),
+    ],
+    ids=["no-P", "no-mnid", "not-a-tunnel", "no-hnp", "no-hi", "no-att", "dereg-unknown"],
+)
+def test_lma_refuses_an_invalid_pbu_with_the_rfc5213_status(
+    lma: LmaAgent, changes: dict, ifname: str, status: int
+) -> None:
+    reply = lma.handle_pbu(_pbu(**changes), MAG1, ifname)
+    assert reply is not None and reply.status == status and reply.lifetime_s == 0
+    assert lma.bindings == {} and lma.routes.table == {}
+
+
+def test_lma_refuses_stale_timestamps_foreign_prefixes_and_changed_prefix_sets(
+    lma: LmaAgent,
+) -> None:
+    lma.handle_pbu(_pbu(5), MAG1, "tun1")
+    cases = [
+        (_pbu(4), Status.TIMESTAMP_LOWER_THAN_PREV_ACCEPTED),
+        (_pbu(6, mn_id="mn2@pmip.example"), Status.NOT_AUTHORIZED_FOR_HOME_NETWORK_PREFIX),
+        (_pbu(6, hnps=(IPv6Network("2001:db8:101::/64"),)), Status.BCE_PBU_PREFIX_SET_DO_NOT_MATCH),
+    ]
+    for pbu, status in cases:
+        reply = lma.handle_pbu(pbu, MAG2, "tun2")
+        assert reply is not None and reply.status == status
+    assert lma.routes.table == {HNP: (MAG1, "tun1")}
+
+
+def test_lma_orders_pbus_of_one_mag_by_sequence_without_timestamps(lma: LmaAgent) -> None:
+    lma.handle_pbu(_pbu(sequence=100, timestamp=None), MAG1, "tun1")
+    reply = lma.handle_pbu(_pbu(sequence=99, timestamp=None), MAG1, "tun1")
+    assert reply is not None and reply.status == Status.SEQUENCE_OUT_OF_WINDOW
+    assert reply.sequence == 100  # the last accepted one, as RFC 6275 §9.5.1 asks
+    wrapped = lma.handle_pbu(_pbu(sequence=100 + 0x7FFF, timestamp=None), MAG1, "tun1")
+    assert wrapped is not None and wrapped.accepted
+
+
+def test_lma_ignores_deregistration_from_a_mag_that_no_longer_serves_the_mn(
+    lma: LmaAgent,
+) -> None:
+    lma.handle_pbu(_pbu(1), MAG1, "tun1")
+    lma.handle_pbu(_pbu(2, handoff=3), MAG2, "tun2")
+    assert lma.handle_pbu(_pbu(3, lifetime_s=0), MAG1, "tun1") is None
+    assert lma.events.rows[-1][1] == "pbu_ignored"
+    assert not lma.bindings[MN].deregistering
+    assert lma.routes.table == {HNP: (MAG2, "tun2")}
+
+
+def test_lma_keeps_a_deregistered_binding_until_its_timer_fires(lma: LmaAgent) -> None:
+    lma.handle_pbu(_pbu(1), MAG1, "tun1")
+    reply = lma.handle_pbu(_pbu(2, lifetime_s=0), MAG1, "tun1")
+    assert reply is not None and reply.accepted and reply.lifetime_s == 0
+    assert lma.bindings[MN].deregistering
+    assert lma.routes.table == {HNP: (MAG1, "tun1")}
+    back = lma.handle_pbu(_pbu(3, handoff=3), MAG2, "tun2")
+    assert back is not None and back.accepted and not lma.bindings[MN].deregistering
+    assert lma.routes.table == {HNP: (MAG2, "tun2")}
+
+
+def test_event_log_shares_one_file_and_one_header_between_writers(tmp_path) -> None:
+    path = tmp_path / "events.csv"
+    first, second = EventLog(path, "lma"), EventLog(path, "mag1")
+    first.emit("pbu_received", "mn=a, b", t_ns=2)
+    second.emit("pbu_sent", t_ns=1)
+    first.close()
+    second.close()
+    assert path.read_text().splitlines() == [
+        "t_ns,event,node,detail",
+        '2,pbu_received,lma,"mn=a, b"',
+        "1,pbu_sent,mag1,",
+    ]

@@ -1,0 +1,367 @@
+"""Emulated links between real namespaces: ND, ping, multicast, MLD, MH, delays, move, cleanup.
+
+Needs root. Every namespace is named ``pmlc<random>-...`` and removed by the fixture, whatever
+the test's outcome; nothing outside that prefix is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import select
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from topologies.bench import (
+    add_address,
+    enable_timestamps,
+    in_netns,
+    make_netns,
+    netns_socket,
+    recv_with_timestamp,
+    static_neighbour,
+)
+from topologies.clean import _alive, cleanup, list_links, list_netns
+from topologies.links import (
+    REPO_ROOT,
+    TABLE_I,
+    EmulatorBackend,
+    Endpoint,
+    LinkProfile,
+    direction_key,
+    profile_from,
+    run_cmd,
+)
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+FAST = profile_from("lte", delay_ms=1.0, jitter_ms=0.0)
+ECHO = struct.Struct("!BBHHHq")  # ICMPv6 echo: type, code, checksum, id, seq, send time (ns)
+ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY, MLD2_REPORT = 128, 129, 143
+IPPROTO_MH = 135
+GROUP = "ff3e::db8:1"
+
+
+class Lab:
+    """Namespaces and an emulator backend under one random ``pmlc`` prefix."""
+
+    def __init__(self) -> None:
+        self.prefix = f"pmlc{secrets.token_hex(3)}"
+        self.backend = EmulatorBackend(tag=self.prefix)
+
+    def ns(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def endpoint(self, name: str, mac: str | None = None, ifname: str = "eth0") -> Endpoint:
+        """Namespace ``name`` (created on first use) with an emulated interface in it."""
+        netns = self.ns(name)
+        if not Path(f"/run/netns/{netns}").exists():
+            make_netns(netns)
+        ep = Endpoint(netns, ifname, mac)
+        self.backend.add_endpoint(ep)
+        return ep
+
+    def pair(
+        self,
+        profile: LinkProfile,
+        seed: int = 1,
+        subnet: int = 1,
+        names: tuple[str, str] = ("a", "b"),
+    ) -> tuple[Endpoint, Endpoint]:
+        """Two connected endpoints with 2001:db8:<subnet>::1 and ::2 (DAD off)."""
+        a = self.endpoint(names[0], f"02:00:00:00:{subnet:02x}:01")
+        b = self.endpoint(names[1], f"02:00:00:00:{subnet:02x}:02")
+        for host, ep in enumerate((a, b), start=1):
+            add_address(ep, f"2001:db8:{subnet:x}::{host}/64")
+        self.backend.connect(a, b, profile, seed)
+        return a, b
+
+    def teardown(self) -> None:
+        try:
+            self.backend.stop()
+        finally:
+            cleanup(self.prefix, pid_pattern=f"linkemu-{self.prefix}*.pid", log=lambda _: None)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    lab = Lab()
+    try:
+        lab.backend.start()
+        yield lab
+    finally:
+        lab.teardown()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def carrier(ep: Endpoint) -> bool:
+    out = run_cmd(["ip", "-n", ep.netns, "-j", "link", "show", "dev", ep.ifname]).stdout
+    return "LOWER_UP" in json.loads(out)[0]["flags"]
+
+
+def ifindex(ep: Endpoint) -> int:
+    return in_netns(ep.netns, lambda: socket.if_nametoindex(ep.ifname))
+
+
+def assert_delay(measured_ms: float, expected_ms: float, tol_ms: float, what: str) -> None:
+    assert abs(measured_ms - expected_ms) <= tol_ms, (
+        f"{what}: measured {measured_ms:.3f} ms, expected {expected_ms:.3f} +- {tol_ms:.3f} ms"
+    )
+
+
+def echo_rtts(
+    targets: list[tuple[Endpoint, str]], count: int, interval_s: float, wait_s: float
+) -> list[list[float]]:
+    """ICMPv6 echo round-trip times (ms) from each endpoint to its address, run concurrently.
+
+    The kernel answers the requests, so no user-space process sits in the reflected path;
+    reply times are the kernel's receive timestamps.
+    """
+    ident = secrets.randbelow(1 << 16)
+    socks = []
+    for ep, _ in targets:
+        sock = netns_socket(ep.netns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        enable_timestamps(sock)
+        sock.setblocking(False)
+        socks.append(sock)
+    rtts: list[list[float]] = [[] for _ in targets]
+    index = {sock: i for i, sock in enumerate(socks)}
+    start = time.monotonic()
+    try:
+        for seq in range(count + 1):
+            send_at = start + seq * interval_s if seq < count else start + seq * interval_s + wait_s
+            while (remaining := send_at - time.monotonic()) > 0:
+                for sock in select.select(socks, [], [], remaining)[0]:
+                    _drain_replies(sock, ident, rtts[index[sock]])
+            if seq < count:
+                for sock, (_, address) in zip(socks, targets, strict=True):
+                    request = ECHO.pack(ICMP6_ECHO_REQUEST, 0, 0, ident, seq, time.time_ns())
+                    sock.sendto(request, (address, 0))
+    finally:
+        for sock in socks:
+            sock.close()
+    return rtts
+
+
+def _drain_replies(sock: socket.socket, ident: int, out: list[float]) -> None:
+    while True:
+        try:
+            data, recv_ns, _ = recv_with_timestamp(sock)
+        except BlockingIOError:
+            return
+        if len(data) >= ECHO.size:
+            kind, _, _, rid, _, sent_ns = ECHO.unpack_from(data)
+            if kind == ICMP6_ECHO_REPLY and rid == ident:
+                out.append((recv_ns - sent_ns) / 1e6)
+
+
+def udp_listener(ep: Endpoint, port: int, group: str | None = None) -> socket.socket:
+    sock = netns_socket(ep.netns, socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind(("::", port))
+    if group:
+        mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex(ep))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+    sock.settimeout(2.0)
+    return sock
+
+
+def udp_multicast_send(ep: Endpoint, group: str, port: int, payload: bytes) -> None:
+    with netns_socket(ep.netns, socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex(ep))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        sock.sendto(payload, (group, port))
+
+
+def pending(sock: socket.socket, wait_s: float = 0.0) -> list[bytes]:
+    """Every datagram waiting on ``sock`` (after ``wait_s``)."""
+    time.sleep(wait_s)
+    got = []
+    while select.select([sock], [], [], 0)[0]:
+        got.append(sock.recv(2048))
+    return got
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+
+
+def test_neighbour_discovery_and_ping6(lab: Lab) -> None:
+    a, b = lab.pair(FAST)
+    rtts = echo_rtts([(a, "2001:db8:1::2")], count=5, interval_s=0.05, wait_s=0.2)[0]
+    # The first request waits for ND over the link; all five must come back.
+    assert len(rtts) == 5
+    neigh = run_cmd(["ip", "-n", a.netns, "-j", "-6", "neigh", "show", "2001:db8:1::2"]).stdout
+    entry = json.loads(neigh)[0]
+    assert entry["lladdr"] == b.mac and entry["state"][0] in ("REACHABLE", "DELAY", "STALE")
+    stats = lab.backend.stats()
+    assert stats[direction_key(a, b)]["frames"] >= 6  # NS + 5 requests
+    assert stats[direction_key(b, a)]["frames"] >= 6  # NA + 5 replies
+
+
+def test_multicast_and_mld_cross_the_link(lab: Lab) -> None:
+    a, b = lab.pair(FAST)
+    sniffer = netns_socket(a.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
+    with sniffer:
+        sniffer.bind((a.ifname, 0x86DD))
+        sniffer.settimeout(2.0)
+        with udp_listener(b, 5000, group=GROUP) as listener:
+            # The join makes b send an MLDv2 report: it must reach a, unchanged.
+            report = _wait_for_mld_report(sniffer, GROUP)
+            assert report[6:12] == bytes.fromhex(b.mac.replace(":", ""))
+            udp_multicast_send(a, GROUP, 5000, b"multicast over the emulated link")
+            data, source = listener.recvfrom(2048)
+    assert data == b"multicast over the emulated link"
+    assert source[0] == "2001:db8:1::1"
+
+
+def _wait_for_mld_report(sniffer: socket.socket, group: str) -> bytes:
+    wanted = socket.inet_pton(socket.AF_INET6, group)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        frame = sniffer.recv(2048)
+        next_header, offset = frame[20], 54
+        if next_header == 0:  # hop-by-hop options (router alert) first
+            next_header, offset = frame[54], 54 + (frame[55] + 1) * 8
+        if next_header == 58 and frame[offset] == MLD2_REPORT and wanted in frame[offset:]:
+            return frame
+    raise AssertionError(f"no MLDv2 report for {group} crossed the link")
+
+
+def test_mobility_header_crosses_the_link(lab: Lab) -> None:
+    a, b = lab.pair(FAST)
+    static_neighbour(a, "2001:db8:1::2", b)
+    # A PMIPv6 Proxy Binding Update: MH type 5, flags A|H|L|K|M|R|P... here A and P set, plus
+    # PadN to the 8-octet boundary. No kernel protocol handles it; raw sockets see it.
+    pbu = bytes([59, 1, 5, 0, 0, 0]) + struct.pack("!HHH", 7, 0x8002, 100) + bytes([1, 2, 0, 0])
+    with (
+        netns_socket(b.netns, socket.AF_INET6, socket.SOCK_RAW, IPPROTO_MH) as rx,
+        netns_socket(a.netns, socket.AF_INET6, socket.SOCK_RAW, IPPROTO_MH) as tx,
+    ):
+        rx.settimeout(2.0)
+        tx.sendto(pbu, ("2001:db8:1::2", 0))
+        data, source = rx.recvfrom(2048)
+    assert source[0] == "2001:db8:1::1"
+    # The sender's kernel fills in the MH checksum (offset 4); the rest arrives as sent.
+    assert data[:4] + data[6:] == pbu[:4] + pbu[6:]
+    assert _mh_checksum_ok("2001:db8:1::1", "2001:db8:1::2", data)
+
+
+def _mh_checksum_ok(src: str, dst: str, mh: bytes) -> bool:
+    pseudo = (
+        socket.inet_pton(socket.AF_INET6, src)
+        + socket.inet_pton(socket.AF_INET6, dst)
+        + struct.pack("!I3xB", len(mh), IPPROTO_MH)
+    )
+    data = pseudo + mh + b"\0" * (len(mh) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def test_round_trip_time_of_each_profile(lab: Lab) -> None:
+    """All Table I profiles as configured, one link each, probed at the same time."""
+    targets, expected = [], []
+    for subnet, (name, profile) in enumerate(TABLE_I.items(), start=1):
+        a, b = lab.pair(profile, seed=subnet, subnet=subnet, names=(f"{name}-a", f"{name}-b"))
+        static_neighbour(a, f"2001:db8:{subnet:x}::2", b)
+        static_neighbour(b, f"2001:db8:{subnet:x}::1", a)
+        targets.append((a, f"2001:db8:{subnet:x}::2"))
+        drawn = next(link for link in lab.backend.describe()["links"] if link["a"] == a.label)
+        expected.append((name, drawn["delay_ms"], profile.expected_sd_ms()))
+    results = echo_rtts(targets, count=150, interval_s=0.01, wait_s=0.6)
+    for (name, delay, sd), rtts in zip(expected, results, strict=True):
+        assert len(rtts) == 150, f"{name}: {150 - len(rtts)} replies missing"
+        rtt_sd = math.sqrt(2) * sd  # two independent draws per round trip
+        # 0.5 ms for two relay passes plus four standard errors of sampling.
+        assert_delay(statistics.fmean(rtts), 2 * delay, 0.5 + 4 * rtt_sd / math.sqrt(150), name)
+        assert statistics.stdev(rtts) == pytest.approx(rtt_sd, rel=0.2), name
+        assert min(rtts) >= 2 * (delay - TABLE_I[name].jitter_ms) - 0.01, name
+
+
+def test_move_switches_peer_and_carrier(lab: Lab) -> None:
+    # Both MAG interfaces show the same MAC, as PMIPv6 access routers do (RFC 5213).
+    mag_mac = "02:00:00:00:0a:01"
+    mn = lab.endpoint("mn", "02:00:00:00:0b:01")
+    mag1, mag2 = lab.endpoint("mag1", mag_mac), lab.endpoint("mag2", mag_mac)
+    add_address(mn, "2001:db8:5::10/64")
+    slow = profile_from("lte", delay_ms=200.0, jitter_ms=0.0)
+    assert not any(carrier(ep) for ep in (mn, mag1, mag2))
+
+    lab.backend.connect(mn, mag1, slow, seed=1)
+    assert (carrier(mn), carrier(mag1), carrier(mag2)) == (True, True, False)
+    with udp_listener(mag1, 6000) as on1, udp_listener(mag2, 6000) as on2:
+        udp_multicast_send(mn, "ff02::1", 6000, b"in flight during the move")
+        lab.backend.move(mn, mag2, FAST, seed=2)
+        assert lab.backend.peer(mn) == mag2
+        assert (carrier(mn), carrier(mag1), carrier(mag2)) == (True, False, True)
+        udp_multicast_send(mn, "ff02::1", 6000, b"after the move")
+        assert pending(on2, 0.3) == [b"after the move"]
+        assert pending(on1) == []  # the frame in flight to mag1 was dropped
+    stats = lab.backend.stats()
+    assert stats[direction_key(mn, mag1)]["drops"] >= 1
+    assert stats[direction_key(mn, mag2)]["frames"] >= 1
+    moves = [(link["b"], link["connected"]) for link in lab.backend.describe()["links"]]
+    assert moves == [(mag1.label, False), (mag2.label, True)]
+
+
+def test_sigterm_stops_the_emulator_and_its_taps(lab: Lab) -> None:
+    a, _ = lab.pair(FAST)
+    proc = lab.backend._proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(5) == 0
+    gone = run_cmd(["ip", "-n", a.netns, "link", "show", "dev", a.ifname], check=False)
+    assert gone.returncode != 0
+
+
+def test_teardown_leaves_nothing_behind() -> None:
+    lab = Lab()
+    try:
+        lab.backend.start()
+        pid = lab.backend.pid
+        lab.pair(TABLE_I["lte"])
+        assert lab.backend.pid_path.exists() and list_netns(lab.prefix)
+    finally:
+        lab.teardown()
+    assert list_netns(lab.prefix) == []
+    assert list_links(lab.prefix) == [] and list_links(f"pmlt{pid:x}-") == []
+    assert not _alive(pid)
+    assert not lab.backend.pid_path.exists() and not lab.backend.control_path.exists()
+
+
+def test_clean_removes_what_a_crashed_run_left() -> None:
+    lab = Lab()
+    try:
+        lab.backend.start()
+        pid = lab.backend.pid
+        lab.pair(FAST)
+        # As if the caller had died: nothing stopped, the CLI has to find it all.
+        pattern = f"linkemu-{lab.prefix}*.pid"
+        args = [sys.executable, "-m", "topologies.clean", "--prefix", lab.prefix]
+        args += ["--pid-pattern", pattern]
+        first = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+        assert f"killed process {pid}" in first.stdout
+        assert f"removed namespace {lab.ns('a')}" in first.stdout
+        assert not _alive(pid) and list_netns(lab.prefix) == []
+        again = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+        assert again.stdout.strip() == "nothing to remove"
+    finally:
+        lab.teardown()

@@ -1,0 +1,432 @@
+"""Unit tests of link profiles, delay draws, FIFO scheduling, netem commands and bench maths."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from topologies import bench, clean, links
+from topologies.linkemu import Counters
+from topologies.links import (
+    TABLE_I,
+    BackendUnavailable,
+    Endpoint,
+    LinkProfile,
+    draw_delay_ns,
+    profile_from,
+    release_time_ns,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Profiles
+
+
+def test_table_i_values() -> None:
+    expected = {
+        "umts": (200, 50, None),
+        "lte": (5, 3, None),
+        "tunnel": (30, 6, (20, 40)),
+        "peering": (10, 3, (5, 15)),
+        "backbone": (50, 12, (40, 60)),
+    }
+    got = {n: (p.delay_ms, p.jitter_ms, p.delay_range_ms) for n, p in TABLE_I.items()}
+    assert got == expected
+    assert all(p.distribution == "uniform" and p.reorder == "netem" for p in TABLE_I.values())
+
+
+@pytest.mark.parametrize("name", ["tunnel", "peering", "backbone"])
+def test_resolve_is_deterministic_and_in_range(name: str) -> None:
+    profile = TABLE_I[name]
+    first = profile.resolve(random.Random(7))
+    again = profile.resolve(random.Random(7))
+    assert first == again
+    assert first.resolved and first.delay_range_ms is None
+    low, high = profile.delay_range_ms
+    draws = {profile.resolve(random.Random(seed)).delay_ms for seed in range(200)}
+    assert all(low <= d <= high for d in draws)
+    assert len(draws) == 200
+    # Resolving twice keeps the drawn value: the resolved profile is concrete.
+    assert first.resolve(random.Random(99)) == first
+
+
+def test_resolve_keeps_fixed_profile() -> None:
+    lte = TABLE_I["lte"]
+    assert lte.resolve(random.Random(1)) is lte
+
+
+def test_profile_from_overrides() -> None:
+    fast = profile_from("tunnel", delay_ms=2.0)
+    assert fast.delay_range_ms is None and fast.delay_ms == 2.0 and fast.jitter_ms == 6.0
+    normal = profile_from("lte", distribution="normal", reorder="preserve", loss=0.01)
+    assert (normal.distribution, normal.reorder, normal.loss) == ("normal", "preserve", 0.01)
+    ranged = profile_from("tunnel", delay_range_ms=(1, 2))
+    assert ranged.delay_range_ms == (1.0, 2.0)
+    with pytest.raises(ValueError, match="unknown link profile"):
+        profile_from("wifi")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"delay_ms": -1.0},
+        {"jitter_ms": -1.0},
+        {"delay_range_ms": (5.0, 1.0)},
+        {"distribution": "pareto"},
+        {"reorder": "never"},
+        {"loss": 1.5},
+    ],
+)
+def test_profile_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        profile_from("lte", **kwargs)
+
+
+def test_profile_dict_round_trip() -> None:
+    profile = TABLE_I["tunnel"]
+    data = profile.to_dict()
+    data["delay_range_ms"] = list(data["delay_range_ms"])  # as after JSON
+    assert LinkProfile.from_dict(data) == profile
+
+
+# ---------------------------------------------------------------------------------------------
+# Delay draws
+
+
+def _draws_ms(profile: LinkProfile, n: int = 100_000, seed: int = 3) -> list[float]:
+    rng = random.Random(seed)
+    return [draw_delay_ns(profile, rng) / 1e6 for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", list(TABLE_I))
+def test_uniform_draws_match_table_i(name: str) -> None:
+    profile = TABLE_I[name].resolve(random.Random(1))
+    draws = _draws_ms(profile)
+    d, j = profile.delay_ms, profile.jitter_ms
+    assert min(draws) >= d - j - 1e-6 and max(draws) <= d + j + 1e-6
+    se = j / math.sqrt(3) / math.sqrt(len(draws))
+    assert abs(statistics.fmean(draws) - d) < 4 * se
+    assert statistics.stdev(draws) == pytest.approx(j / math.sqrt(3), rel=0.01)
+    # Uniform: each tenth of the interval holds a tenth of the draws.
+    counts = [0] * 10
+    for x in draws:
+        counts[min(9, int((x - (d - j)) / (2 * j) * 10))] += 1
+    assert all(abs(c / len(draws) - 0.1) < 0.006 for c in counts)
+
+
+def test_normal_draws_use_jitter_as_sd() -> None:
+    profile = profile_from("backbone", delay_ms=50.0, distribution="normal")
+    draws = _draws_ms(profile)
+    assert statistics.fmean(draws) == pytest.approx(50.0, abs=0.2)
+    assert statistics.stdev(draws) == pytest.approx(12.0, rel=0.01)
+
+
+def test_draws_are_clamped_at_zero() -> None:
+    profile = LinkProfile("wide", 1.0, 5.0, distribution="normal")
+    draws = _draws_ms(profile, 20_000)
+    assert min(draws) == 0.0
+    assert sum(1 for x in draws if x == 0.0) > 0.2 * len(draws)
+    assert _draws_ms(LinkProfile("zero", 0.0, 0.0), 10) == [0.0] * 10
+
+
+def test_draws_are_reproducible_per_direction() -> None:
+    profile = TABLE_I["lte"]
+
+    def stream(seed: int, direction: int) -> list[int]:
+        rng = links.direction_rng(seed, direction)
+        return [draw_delay_ns(profile, rng) for _ in range(200)]
+
+    assert stream(5, 0) == stream(5, 0)
+    assert stream(5, 0) != stream(5, 1)
+    assert stream(5, 0) != stream(6, 0)
+    assert abs(statistics.correlation(stream(5, 0), stream(5, 1))) < 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# Release times (reordering)
+
+
+def _release_stream(reorder: str, n: int = 2000) -> list[tuple[int, int, int]]:
+    """(arrival, delay, release) of a 100 packet/s stream through UMTS."""
+    profile = profile_from("umts", reorder=reorder)
+    rng = random.Random(11)
+    previous, out = 0, []
+    for i in range(n):
+        arrival = i * 10_000_000
+        delay = draw_delay_ns(profile, rng)
+        previous = release_time_ns(arrival, delay, previous, profile.reorder)
+        out.append((arrival, delay, previous))
+    return out
+
+
+def test_netem_semantics_reorder() -> None:
+    stream = _release_stream("netem")
+    assert all(release == arrival + delay for arrival, delay, release in stream)
+    releases = [r for _, _, r in stream]
+    assert bench.reorder_rate(sorted(range(len(releases)), key=releases.__getitem__)) > 0.3
+
+
+def test_preserve_semantics_keep_fifo() -> None:
+    stream = _release_stream("preserve")
+    releases = [r for _, _, r in stream]
+    assert releases == sorted(releases)
+    assert all(release >= arrival + delay for arrival, delay, release in stream)
+    # A packet is held back only to wait for its predecessor.
+    for (_, _, before), (arrival, delay, release) in zip(stream, stream[1:], strict=False):
+        assert release == max(arrival + delay, before)
+
+
+def test_release_time_examples() -> None:
+    assert release_time_ns(100, 50, 500, "netem") == 150
+    assert release_time_ns(100, 50, 500, "preserve") == 500
+    assert release_time_ns(100, 500, 50, "preserve") == 600
+
+
+# ---------------------------------------------------------------------------------------------
+# netem command construction
+
+
+def test_netem_qdisc_commands() -> None:
+    lte = TABLE_I["lte"]
+    assert links.netem_qdisc_cmd("pmlab12e0", lte) == [
+        "tc", "qdisc", "replace", "dev", "pmlab12e0", "root", "netem", "limit", "20000",
+        "delay", "5000us", "3000us",
+    ]  # fmt: skip
+    tunnel = TABLE_I["tunnel"].resolve(random.Random(1))
+    cmd = links.netem_qdisc_cmd("x", tunnel, seed=42)
+    assert cmd[-2:] == ["seed", "42"]
+    assert cmd[cmd.index("delay") + 1] == f"{round(tunnel.delay_ms * 1000)}us"
+    special = profile_from("lte", distribution="normal", reorder="preserve", loss=0.005)
+    tail = links.netem_qdisc_cmd("x", special)[9:]
+    assert tail == [
+        "delay",
+        "5000us",
+        "3000us",
+        "distribution",
+        "normal",
+        "loss",
+        "0.5%",
+        "rate",
+        "10gbit",
+    ]
+    fixed = profile_from("lte", jitter_ms=0.0)
+    assert links.netem_qdisc_cmd("x", fixed)[-2:] == ["delay", "5000us"]
+    with pytest.raises(ValueError, match="resolved"):
+        links.netem_qdisc_cmd("x", TABLE_I["tunnel"])
+
+
+def test_netem_endpoint_and_link_commands() -> None:
+    ep = Endpoint("pml-mag1", "eth1", "02:00:00:00:00:01")
+    cmds = links.netem_endpoint_cmds("pmlab12e0", ep)
+    assert cmds[0] == [
+        "ip",
+        "link",
+        "add",
+        "pmlab12e0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        "pml-mag1",
+        "address",
+        "02:00:00:00:00:01",
+    ]
+    assert ["sysctl", "-qw", "net.ipv6.conf.pmlab12e0.disable_ipv6=1"] in cmds
+    assert cmds[-2:] == [
+        ["ip", "link", "set", "dev", "pmlab12e0", "down"],
+        ["ip", "-n", "pml-mag1", "link", "set", "dev", "eth1", "up"],
+    ]
+    assert "address" not in links.netem_endpoint_cmds("o", Endpoint("n", "i"))[0]
+
+    lte = TABLE_I["lte"]
+    connect = links.netem_connect_cmds("pmlbrab120", "oa", "ob", lte, (1, 2))
+    assert connect[0][:5] == ["ip", "link", "add", "pmlbrab120", "type"]
+    assert "mcast_snooping" in connect[0]
+    qdiscs = [c for c in connect if c[0] == "tc"]
+    # a->b leaves through b's outer end and uses the a->b seed.
+    assert [(c[4], c[-1]) for c in qdiscs] == [("ob", "1"), ("oa", "2")]
+    assert ["ip", "link", "set", "dev", "oa", "master", "pmlbrab120"] in connect
+    assert ["ip", "link", "set", "dev", "ob", "up"] in connect
+    unseeded = links.netem_connect_cmds("br", "oa", "ob", lte, None)
+    assert all("seed" not in c for c in unseeded)
+
+    disconnect = links.netem_disconnect_cmds("br", "oa", "ob")
+    assert disconnect[0] == ["ip", "link", "set", "dev", "oa", "down"]
+    assert disconnect[-1] == ["ip", "link", "del", "dev", "br"]
+    assert links.netem_remove_endpoint_cmds("oa") == [["ip", "link", "del", "dev", "oa"]]
+
+
+def test_netem_names_fit_ifnamsiz() -> None:
+    for tag in ("x", "a-very-long-tag-name-1234", "pmlc123456"):
+        for index in (0, 999, 99999):
+            assert links.netem_outer_name(tag, index).startswith("pml")
+            assert len(links.netem_outer_name(tag, index)) <= 15
+            assert links.netem_bridge_name(tag, index).startswith("pmlbr")
+            assert len(links.netem_bridge_name(tag, index)) <= 15
+
+
+def test_netem_direction_seeds_differ_and_repeat() -> None:
+    assert links.netem_direction_seed(3, 0) == links.netem_direction_seed(3, 0)
+    assert links.netem_direction_seed(3, 0) != links.netem_direction_seed(3, 1)
+    assert 0 <= links.netem_direction_seed(3, 1) < 2**63
+
+
+def test_parse_tc_stats() -> None:
+    text = (
+        '[{"kind":"netem","handle":"8001:","root":true,"refcnt":2,"options":{},'
+        '"bytes":1234,"packets":10,"drops":2,"overlimits":0,"requeues":0}]'
+    )
+    assert links.parse_tc_stats(text) == {"frames": 10, "bytes": 1234, "drops": 2}
+    assert links.parse_tc_stats("") == {"frames": 0, "bytes": 0, "drops": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend selection
+
+
+def test_select_backend_netem_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(links, "netem_available", lambda: False)
+    with pytest.raises(BackendUnavailable) as info:
+        links.select_backend("netem")
+    assert "\n" not in str(info.value) and "sch_netem" in str(info.value)
+    assert isinstance(links.select_backend("auto"), links.EmulatorBackend)
+    assert isinstance(links.select_backend("emulator", tag="t"), links.EmulatorBackend)
+    with pytest.raises(ValueError, match="unknown link backend"):
+        links.select_backend("ovs")
+
+
+def test_select_backend_prefers_netem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(links, "netem_available", lambda: True)
+    assert isinstance(links.select_backend("auto"), links.NetemBackend)
+
+
+def test_backend_bookkeeping_without_a_kernel() -> None:
+    """The shared half of LinkBackend, on a backend that records instead of acting."""
+
+    class Recorder(links.LinkBackend):
+        name = "recorder"
+
+        def __init__(self) -> None:
+            super().__init__(tag="t")
+            self.calls: list[tuple] = []
+
+        def start(self) -> None: ...
+        def stop(self) -> None: ...
+
+        def _add_endpoint(self, ep: Endpoint, index: int) -> None:
+            self.calls.append(("add", ep.label))
+
+        def _connect(self, link) -> None:  # noqa: ANN001
+            self.calls.append(("connect", link.a.label, link.b.label, link.resolved.delay_ms))
+
+        def _disconnect(self, link) -> None:  # noqa: ANN001
+            self.calls.append(("disconnect", link.a.label, link.b.label))
+
+        def stats(self) -> dict:
+            return {}
+
+        def _describe_backend(self) -> dict:
+            return {"version": "0"}
+
+    be = Recorder()
+    mn, mag1, mag2 = Endpoint("m", "eth0"), Endpoint("p1", "eth0"), Endpoint("p2", "eth0")
+    for ep in (mn, mag1, mag2):
+        be.add_endpoint(ep)
+    with pytest.raises(links.LinkError):
+        be.add_endpoint(Endpoint("m", "eth0", "02:00:00:00:00:01"))
+    be.connect(mn, mag1, TABLE_I["tunnel"], seed=4)
+    assert be.peer(mn) == mag1 and be.peer(mag2) is None
+    with pytest.raises(links.LinkError, match="connected already"):
+        be.connect(mag1, mag2, TABLE_I["lte"], seed=1)
+    be.move(mn, mag2, TABLE_I["lte"], seed=5)
+    assert be.peer(mn) == mag2 and be.peer(mag1) is None
+    assert be.calls[-2:] == [
+        ("disconnect", "m/eth0", "p1/eth0"),
+        ("connect", "m/eth0", "p2/eth0", 5.0),
+    ]
+    desc = be.describe()
+    assert desc["backend"] == "recorder" and len(desc["links"]) == 2
+    first = desc["links"][0]
+    assert not first["connected"] and 20 <= first["delay_ms"] <= 40
+    assert first["delay_ms"] == TABLE_I["tunnel"].resolve(random.Random(4)).delay_ms
+    with pytest.raises(links.LinkError, match="not connected"):
+        be.disconnect(mag1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Emulator counters, bench maths, clean's pid files
+
+
+def test_counters_report_drawn_statistics() -> None:
+    c = Counters()
+    for delay_ns in (4_000_000, 6_000_000):
+        c.drawn += 1
+        c.drawn_sum_ns += delay_ns
+        c.drawn_sumsq_ms += (delay_ns / 1e6) ** 2
+    d = c.as_dict()
+    assert d["drawn_mean_ms"] == pytest.approx(5.0)
+    assert d["drawn_sd_ms"] == pytest.approx(math.sqrt(2))
+    assert Counters().as_dict()["drawn_mean_ms"] is None
+
+
+def test_bench_statistics() -> None:
+    assert bench.reorder_rate([0, 1, 2, 3]) == 0.0
+    assert bench.reorder_rate([0, 2, 1, 3]) == 0.25
+    assert bench.reorder_rate([]) == 0.0
+    stats = bench.describe_delays([float(x) for x in range(1, 101)])
+    assert stats["mean_ms"] == 50.5 and stats["p1_ms"] == 2.0 and stats["p99_ms"] == 99.0
+    lte = TABLE_I["lte"]
+    assert bench.configured_cdf(lte, 2.0) == 0.0
+    assert bench.configured_cdf(lte, 5.0) == pytest.approx(0.5)
+    assert bench.configured_cdf(lte, 8.0) == 1.0
+    normal = profile_from("lte", distribution="normal")
+    assert bench.configured_cdf(normal, 5.0 + 3.0) == pytest.approx(0.8413, abs=1e-4)
+
+
+def test_bench_judge() -> None:
+    lte = TABLE_I["lte"]
+    good = {"n": 30000, "mean_ms": 5.05, "sd_ms": 1.75}
+    verdict = bench.judge(lte, good, drawn_mean_ms=4.99)
+    assert verdict["pass"] and verdict["bias_vs_drawn_ms"] == pytest.approx(0.06)
+    assert verdict["sd_error_pct"] == pytest.approx(100 * (1.75 / (3 / math.sqrt(3)) - 1))
+    assert not bench.judge(lte, good, drawn_mean_ms=4.80)["pass"]
+    assert not bench.judge(lte, {**good, "sd_ms": 1.9}, drawn_mean_ms=4.99)["pass"]
+    # Without the draws (netem) the sampling error widens the mean's tolerance.
+    assert bench.judge(lte, {**good, "mean_ms": 5.2}, drawn_mean_ms=None)["pass"]
+    assert not bench.judge(lte, {**good, "mean_ms": 5.3}, drawn_mean_ms=None)["pass"]
+
+
+def test_pidfile_matching(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for _ in range(200):  # until exec() has replaced the forked command line
+            if "sleep" in Path(f"/proc/{child.pid}/cmdline").read_text():
+                break
+            time.sleep(0.01)
+        pidfile = tmp_path / "x.pid"
+        pidfile.write_text(f"{child.pid}\nimport time; time.sleep(30)\n")
+        assert clean.pidfile_matches(pidfile) == child.pid
+        pidfile.write_text(f"{child.pid}\ntopologies.linkemu\n")
+        assert clean.pidfile_matches(pidfile) is None
+        pidfile.write_text(f"{child.pid}\n")  # no marker: must name a project module
+        assert clean.pidfile_matches(pidfile) is None
+        pidfile.write_text("garbage\n")
+        assert clean.pidfile_matches(pidfile) is None
+    finally:
+        child.kill()
+        child.wait()
+    pidfile.write_text(f"{child.pid}\nimport time\n")
+    assert clean.pidfile_matches(pidfile) is None
+
+
+def test_cleanup_refuses_foreign_prefix() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        clean.cleanup(prefix="eth")
