@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-SYSPKGS := mininet python3-scapy python3-venv iproute2 tcpdump iperf igmpproxy procps
+SYSPKGS := mininet python3-scapy python3-venv iproute2 iputils-ping tcpdump iperf igmpproxy procps
 
 SCENARIO ?=
 KIND     ?= all

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from topologies.clean import remove_netns
 from topologies.links import (
     REPO_ROOT,
     TABLE_I,
+    BackendUnavailable,
     Endpoint,
     LinkBackend,
     LinkProfile,
@@ -164,7 +166,15 @@ def describe_delays(delays_ms: list[float]) -> dict[str, float]:
     def pct(p: float) -> float:
         return ordered[min(n - 1, max(0, round(p / 100 * (n - 1))))]
 
-    return {"n": n, "mean_ms": mean, "sd_ms": sd, "p1_ms": pct(1), "p99_ms": pct(99)}
+    return {
+        "n": n,
+        "mean_ms": mean,
+        "sd_ms": sd,
+        "min_ms": ordered[0],
+        "p1_ms": pct(1),
+        "p99_ms": pct(99),
+        "max_ms": ordered[-1],
+    }
 
 
 def reorder_rate(seqs_in_arrival_order: list[int]) -> float:
@@ -351,7 +361,10 @@ def plot_cdfs(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with warnings.catch_warnings():
+        # Debian's mpl_toolkits next to a pip matplotlib: only 3-D plots are lost.
+        warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+        import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.0), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
@@ -360,10 +373,15 @@ def plot_cdfs(
         if delays:
             n = len(delays)
             ax.step(delays, [(i + 1) / n for i in range(n)], where="post", label="measured")
-            lo, hi = delays[0], delays[-1]
-            xs = [lo + (hi - lo) * i / 200 for i in range(201)]
+            # The configured support plus the bulk of the measurements: a few late packets
+            # must not squeeze the distribution into a corner.
+            lo = min(profile.delay_ms - 3 * profile.expected_sd_ms(), delays[n // 1000])
+            hi = max(profile.delay_ms + 3 * profile.expected_sd_ms(), delays[-1 - n // 1000])
+            lo, hi = max(0.0, lo - 0.02 * (hi - lo)), hi + 0.02 * (hi - lo)
+            xs = [lo + (hi - lo) * i / 400 for i in range(401)]
             ax.plot(xs, [configured_cdf(profile, x) for x in xs], "--", label="configured")
-        ax.set_title(f"{res['profile']}: {profile.delay_ms:.1f} ms +- {profile.jitter_ms:g}")
+            ax.set_xlim(lo, hi)
+        ax.set_title(f"{res['profile']}: {profile.delay_ms:.1f} ms ± {profile.jitter_ms:g} ms")
         ax.set_xlabel("one-way delay [ms]")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("CDF")
@@ -499,7 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("error: the link bench needs root (network namespaces)", file=sys.stderr)
         return 2
-    outcome = run_bench(3.0 if args.quick else 30.0, args.backend, args.seed)
+    try:
+        outcome = run_bench(3.0 if args.quick else 30.0, args.backend, args.seed)
+    except BackendUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report, resolved = outcome["report"], outcome["resolved"]
     args.out.mkdir(parents=True, exist_ok=True)
     plots = plot_cdfs(report["profiles"], resolved, args.out / "links-cdf")

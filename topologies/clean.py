@@ -12,8 +12,9 @@
 3. every root-namespace interface whose name starts with ``pml`` (netem backend veths and
    bridges, temporary TAP names).
 
-Nothing else is touched, and running it twice is harmless. Tests pass a longer prefix and a
-pid file pattern of their own so that they remove only what they made.
+Nothing else is touched, and running it twice is harmless. With a longer prefix (as tests
+and single runs use) only the pid files whose name contains that prefix are acted on, so
+that only what that prefix made is removed.
 """
 
 from __future__ import annotations
@@ -128,12 +129,19 @@ def list_links(prefix: str = PREFIX) -> list[str]:
 def cleanup(
     prefix: str = PREFIX,
     run_dir: Path = RUN_DIR,
-    pid_pattern: str = "*.pid",
+    pid_pattern: str | None = None,
     log: Log = print,
 ) -> list[str]:
-    """Remove our processes, namespaces and root interfaces; return what was removed."""
+    """Remove our processes, namespaces and root interfaces; return what was removed.
+
+    With a narrower ``prefix`` than ``pml`` only pid files whose name contains it are
+    considered (unless ``pid_pattern`` says otherwise), so that one run or test cleaning up
+    after itself cannot stop another's processes.
+    """
     if not prefix.startswith(PREFIX):
         raise ValueError(f"refusing to clean names outside the {PREFIX!r} prefix")
+    if pid_pattern is None:
+        pid_pattern = "*.pid" if prefix == PREFIX else f"*{prefix}*.pid"
     removed = clean_pidfiles(run_dir, pid_pattern, log)
     for name in list_netns(prefix):
         remove_netns(name, log)
@@ -154,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prefix", default=PREFIX, help="name prefix (default: %(default)s)")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
-    parser.add_argument("--pid-pattern", default="*.pid", help="pid files to act on")
+    parser.add_argument(
+        "--pid-pattern", help="pid files to act on (default: all, or those naming --prefix)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("error: clean needs root (network namespaces)", file=sys.stderr)

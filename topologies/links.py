@@ -445,9 +445,12 @@ class EmulatorBackend(LinkBackend):
     def _describe_backend(self) -> dict[str, Any]:
         return self._request("describe") if self._sock else {"version": None}
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if self._proc is None:
             return
+        if timeout is None:
+            # Closing a TAP unregisters its device, about 20 ms each here: allow for that.
+            timeout = 5.0 + 0.05 * len(self._endpoints)
         if self._sock is not None:
             with contextlib.suppress(OSError, LinkError, ValueError):
                 self._request("shutdown")

@@ -94,7 +94,7 @@ class Lab:
         try:
             self.backend.stop()
         finally:
-            cleanup(self.prefix, pid_pattern=f"linkemu-{self.prefix}*.pid", log=lambda _: None)
+            cleanup(self.prefix, log=lambda _: None)
 
 
 @pytest.fixture
@@ -354,9 +354,7 @@ def test_clean_removes_what_a_crashed_run_left() -> None:
         pid = lab.backend.pid
         lab.pair(FAST)
         # As if the caller had died: nothing stopped, the CLI has to find it all.
-        pattern = f"linkemu-{lab.prefix}*.pid"
         args = [sys.executable, "-m", "topologies.clean", "--prefix", lab.prefix]
-        args += ["--pid-pattern", pattern]
         first = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, check=True)
         assert f"killed process {pid}" in first.stdout
         assert f"removed namespace {lab.ns('a')}" in first.stdout

@@ -170,6 +170,12 @@ def test_every_probe_arrives_once_on_an_absolute_schedule(
         )
         assert "joined" in wait_line(procs[name])
 
+    # A datagram without the probe magic is counted, not logged.
+    junk = (
+        "from experiments import mcsock as m; "
+        f"m.open_sender(m.parse_group('{GROUP}'), 'pmla0').sendto(b'junk', ('{GROUP}', {PORT}))"
+    )
+    subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", junk], cwd=REPO, check=True)
     start_at = time.time_ns() + 500_000_000
     sent = lab.run(
         a, "experiments.probe",
@@ -195,6 +201,7 @@ def test_every_probe_arrives_once_on_an_absolute_schedule(
     assert [int(r["send_ns"]) for r in got] == send_ns
     assert all(int(r["recv_ns"]) > int(r["send_ns"]) for r in got)
     assert {r["hop_limit"] for r in got} == {"16"}
+    assert "1 foreign" in (tmp_path / "joined.err").read_text()
     if mode == "ssm":
         assert read_csv(tmp_path / "other-source.csv") == []
 

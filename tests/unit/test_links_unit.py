@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -404,13 +406,18 @@ def test_bench_judge() -> None:
     assert not bench.judge(lte, {**good, "mean_ms": 5.3}, drawn_mean_ms=None)["pass"]
 
 
+def _wait_for_exec(pid: int, word: str) -> None:
+    """Until exec() has replaced the command line the child inherited from the fork."""
+    for _ in range(500):
+        if word in Path(f"/proc/{pid}/cmdline").read_text():
+            return
+        time.sleep(0.01)
+
+
 def test_pidfile_matching(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        for _ in range(200):  # until exec() has replaced the forked command line
-            if "sleep" in Path(f"/proc/{child.pid}/cmdline").read_text():
-                break
-            time.sleep(0.01)
+        _wait_for_exec(child.pid, "sleep")
         pidfile = tmp_path / "x.pid"
         pidfile.write_text(f"{child.pid}\nimport time; time.sleep(30)\n")
         assert clean.pidfile_matches(pidfile) == child.pid
@@ -430,3 +437,23 @@ def test_pidfile_matching(tmp_path: Path) -> None:
 def test_cleanup_refuses_foreign_prefix() -> None:
     with pytest.raises(ValueError, match="prefix"):
         clean.cleanup(prefix="eth")
+
+
+def test_cleanup_with_a_narrow_prefix_spares_other_runs(tmp_path: Path) -> None:
+    prefix = f"pmlu{os.getpid()}"
+    script = "import time; time.sleep(30)"
+    mine, theirs = (subprocess.Popen([sys.executable, "-c", script]) for _ in range(2))
+    try:
+        for child in (mine, theirs):
+            _wait_for_exec(child.pid, "sleep")
+        (tmp_path / f"linkemu-{prefix}.pid").write_text(f"{mine.pid}\n{script}\n")
+        (tmp_path / "linkemu-pmlother.pid").write_text(f"{theirs.pid}\n{script}\n")
+        removed = clean.cleanup(prefix, run_dir=tmp_path, log=lambda _: None)
+        assert removed == [f"pid:{mine.pid}"]
+        assert mine.wait(5) == -signal.SIGTERM
+        assert theirs.poll() is None
+        assert [p.name for p in tmp_path.iterdir()] == ["linkemu-pmlother.pid"]
+    finally:
+        for child in (mine, theirs):
+            child.kill()
+            child.wait()
