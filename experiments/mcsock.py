@@ -113,71 +113,47 @@ def _setsockopt(sock: socket.socket, level: int, option: int, value: bytes, what
         raise McSockError(exc.errno, f"{what}: {exc.strerror}") from None
 
 
-def join(sock: socket.socket, group: Address, ifname: str, sources: Iterable[Address] = ()) -> None:
-    """Join ``group`` on ``ifname``: any source (ASM), or only ``sources`` (SSM, INCLUDE)."""
+def _membership(
+    sock: socket.socket,
+    verb: str,
+    group: Address,
+    ifname: str,
+    sources: Iterable[Address],
+    asm_option: int,
+    ssm_option: int,
+) -> None:
     idx = ifindex(ifname)
     sources = list(sources)
     if not sources:
-        _setsockopt(
-            sock,
-            ip_level(group),
-            MCAST_JOIN_GROUP,
-            group_req(idx, group),
-            f"join {group} on {ifname}",
-        )
+        what = f"{verb} {group} on {ifname}"
+        _setsockopt(sock, ip_level(group), asm_option, group_req(idx, group), what)
     for source in sources:
-        _setsockopt(
-            sock,
-            ip_level(group),
-            MCAST_JOIN_SOURCE_GROUP,
-            group_source_req(idx, group, source),
-            f"join ({source}, {group}) on {ifname}",
-        )
+        what = f"{verb} ({source}, {group}) on {ifname}"
+        value = group_source_req(idx, group, source)
+        _setsockopt(sock, ip_level(group), ssm_option, value, what)
+
+
+def join(sock: socket.socket, group: Address, ifname: str, sources: Iterable[Address] = ()) -> None:
+    """Join ``group`` on ``ifname``: any source (ASM), or only ``sources`` (SSM, INCLUDE)."""
+    _membership(sock, "join", group, ifname, sources, MCAST_JOIN_GROUP, MCAST_JOIN_SOURCE_GROUP)
 
 
 def leave(
     sock: socket.socket, group: Address, ifname: str, sources: Iterable[Address] = ()
 ) -> None:
     """Undo :func:`join` (ASM leave, or drop each source of an SSM join)."""
-    idx = ifindex(ifname)
-    sources = list(sources)
-    if not sources:
-        _setsockopt(
-            sock,
-            ip_level(group),
-            MCAST_LEAVE_GROUP,
-            group_req(idx, group),
-            f"leave {group} on {ifname}",
-        )
-    for source in sources:
-        _setsockopt(
-            sock,
-            ip_level(group),
-            MCAST_LEAVE_SOURCE_GROUP,
-            group_source_req(idx, group, source),
-            f"leave ({source}, {group}) on {ifname}",
-        )
+    _membership(sock, "leave", group, ifname, sources, MCAST_LEAVE_GROUP, MCAST_LEAVE_SOURCE_GROUP)
 
 
 def block_source(sock: socket.socket, group: Address, ifname: str, source: Address) -> None:
     """Exclude ``source`` from an ASM (EXCLUDE-mode) membership."""
-    _setsockopt(
-        sock,
-        ip_level(group),
-        MCAST_BLOCK_SOURCE,
-        group_source_req(ifindex(ifname), group, source),
-        f"block {source} for {group} on {ifname}",
-    )
+    _membership(sock, "block", group, ifname, [source], MCAST_BLOCK_SOURCE, MCAST_BLOCK_SOURCE)
 
 
 def unblock_source(sock: socket.socket, group: Address, ifname: str, source: Address) -> None:
     """Undo :func:`block_source`."""
-    _setsockopt(
-        sock,
-        ip_level(group),
-        MCAST_UNBLOCK_SOURCE,
-        group_source_req(ifindex(ifname), group, source),
-        f"unblock {source} for {group} on {ifname}",
+    _membership(
+        sock, "unblock", group, ifname, [source], MCAST_UNBLOCK_SOURCE, MCAST_UNBLOCK_SOURCE
     )
 
 

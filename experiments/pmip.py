@@ -11,9 +11,14 @@ seconds and 16-bit 1/65536 fractions since 1970), padded with Pad1/PadN so that 
 meets its alignment and the header is a multiple of 8 octets.
 
 Agents: the kernel has no ip6tnl, so a MAG-LMA "tunnel" is the point-to-point link
-between them, and the LMA's binding is the route ``HNP via Proxy-CoA dev TUNNEL_IF``.
-Linux hands Mobility Headers to raw ``IPPROTO_MH`` sockets and, for that protocol, fills
-in and verifies the checksum itself (offset 4), with or without CONFIG_IPV6_MIP6.
+between them, and the LMA's binding is the route ``HNP via Proxy-CoA dev TUNNEL_IF``
+(set over rtnetlink, as ``ip -6 route replace`` would). A registration from another MAG
+moves that route; a de-registration keeps the entry, and its route, for
+MinDelayBeforeBCEDelete unless another MAG registers meanwhile (RFC 5213 §5.3.5 would drop
+the MN's traffic during that wait instead). The MAG retransmits with exponential backoff
+and routes the HNP onto the MN's access link once the PBA accepts. Linux hands Mobility
+Headers to raw ``IPPROTO_MH`` sockets and fills in and verifies their checksum itself
+(offset 4), with or without CONFIG_IPV6_MIP6.
 
 Every step is logged as a ``t_ns,event,node,detail`` row (CLOCK_REALTIME ns; received
 messages carry the kernel receive time) to an events CSV that several processes may share.
@@ -29,12 +34,14 @@ import contextlib
 import csv
 import errno
 import io
+import itertools
 import os
 import random
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -459,6 +466,7 @@ class RouteTable:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._seq = 0
+        self._lock = threading.Lock()  # one request and its ack at a time
 
     def replace(self, prefix: IPv6Network, dev: str, via: IPv6Address | None = None) -> None:
         """Install or overwrite the route to ``prefix``."""
@@ -486,15 +494,16 @@ class RouteTable:
             socket.AF_INET6, prefix.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
             RT_SCOPE_UNIVERSE, RTN_UNICAST, 0,
         )  # fmt: skip
-        self._seq += 1
         body = rtm + attrs
-        hdr = _NLMSGHDR.pack(
-            _NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, self._seq, 0
-        )
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.send(hdr + body)
-        error = self._ack(self._seq)
+        with self._lock:
+            self._seq += 1
+            hdr = _NLMSGHDR.pack(
+                _NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, self._seq, 0
+            )
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            self._sock.send(hdr + body)
+            error = self._ack(self._seq)
         if error:
             raise RouteError(f"ip -6 route {words}: {os.strerror(error)}")
 
@@ -843,6 +852,10 @@ class MagAgent:
     ``initial_timeout`` (InitialBindackTimeoutFirstReg, 1 s), doubled after each try until it
     would exceed ``max_timeout`` (MAX_BINDACK_TIMEOUT, 32 s). Each transmission is a new PBU
     with the next sequence number and a fresh timestamp.
+
+    Exchanges may run in several threads at once: each opens its own raw socket before its
+    first PBU (the kernel gives every raw socket a copy of each PBA) and keeps the PBA that
+    answers one of its own sequence numbers.
     """
 
     def __init__(
@@ -861,11 +874,11 @@ class MagAgent:
         self.access_tech = access_tech
         self.initial_timeout = initial_timeout
         self.max_timeout = max_timeout
-        self._sequence = random.getrandbits(16)
-        self._sock = open_mh_socket(proxy_coa)
+        self._sequence = itertools.count(random.getrandbits(16) + 1)  # next() is thread-safe
+        open_mh_socket(proxy_coa).close()  # fail here if this node does not own proxy_coa
 
     def close(self) -> None:
-        self._sock.close()
+        """Nothing to release (sockets live per exchange); kept for ``with`` and callers."""
 
     def __enter__(self) -> MagAgent:
         return self
@@ -927,60 +940,66 @@ class MagAgent:
         *,
         wait: bool = True,
     ) -> Exchange | None:
-        sent: dict[int, int] = {}
-        timeout = self.initial_timeout
-        while timeout <= self.max_timeout:
-            self._sequence = (self._sequence + 1) & 0xFFFF
-            pbu = PBU(
-                sequence=self._sequence,
-                lifetime_s=lifetime_s,
-                mn_id=mn_id,
-                hnps=(hnp,),
-                handoff=handoff,
-                access_tech=self.access_tech,
-                timestamp=timestamp_from_ns(time.time_ns()),
-            )
-            data = encode_pbu(pbu)
-            t = time.time_ns()
-            self._sock.sendto(data, (str(lma), 0))
-            sent[pbu.sequence] = t
-            self.events.emit(
-                event,
-                _detail(
-                    mn=mn_id,
-                    seq=pbu.sequence,
-                    lma=lma,
-                    hnp=hnp,
-                    lifetime=lifetime_s,
-                    hi=handoff,
-                    attempt=len(sent),
-                ),
-                t,
-            )
-            if not wait:
-                return None
-            rx = self._await_pba(mn_id, lma, sent, time.monotonic() + timeout)
-            if rx is not None:
-                pba = rx.msg
-                assert isinstance(pba, PBA)
-                self.events.emit(
-                    "pba_received",
-                    _detail(mn=mn_id, seq=pba.sequence, status=pba.status, lifetime=pba.lifetime_s),
-                    rx.recv_ns,
+        # Open before the first PBU, so that no PBA can arrive before there is a socket.
+        with open_mh_socket(self.proxy_coa) as sock:
+            sent: dict[int, int] = {}
+            timeout = self.initial_timeout
+            while timeout <= self.max_timeout:
+                pbu = PBU(
+                    sequence=next(self._sequence) & 0xFFFF,
+                    lifetime_s=lifetime_s,
+                    mn_id=mn_id,
+                    hnps=(hnp,),
+                    handoff=handoff,
+                    access_tech=self.access_tech,
+                    timestamp=timestamp_from_ns(time.time_ns()),
                 )
-                if not pba.accepted:
-                    raise SignallingError(f"LMA {lma} rejected {mn_id}: {_status_name(pba.status)}")
-                return Exchange(pba, sent[pba.sequence], rx.recv_ns, len(sent))
-            timeout *= 2
-        raise SignallingError(f"no PBA from LMA {lma} for {mn_id} after {len(sent)} PBUs")
+                data = encode_pbu(pbu)
+                t = time.time_ns()
+                sock.sendto(data, (str(lma), 0))
+                sent[pbu.sequence] = t
+                self.events.emit(
+                    event,
+                    _detail(
+                        mn=mn_id,
+                        seq=pbu.sequence,
+                        lma=lma,
+                        hnp=hnp,
+                        lifetime=lifetime_s,
+                        hi=handoff,
+                        attempt=len(sent),
+                    ),
+                    t,
+                )
+                if not wait:
+                    return None
+                rx = self._await_pba(sock, mn_id, lma, sent, time.monotonic() + timeout)
+                if rx is not None:
+                    pba = rx.msg
+                    assert isinstance(pba, PBA)
+                    self.events.emit(
+                        "pba_received",
+                        _detail(
+                            mn=mn_id, seq=pba.sequence, status=pba.status, lifetime=pba.lifetime_s
+                        ),
+                        rx.recv_ns,
+                    )
+                    if not pba.accepted:
+                        raise SignallingError(
+                            f"LMA {lma} rejected {mn_id}: {_status_name(pba.status)}"
+                        )
+                    return Exchange(pba, sent[pba.sequence], rx.recv_ns, len(sent))
+                timeout *= 2
+            raise SignallingError(f"no PBA from LMA {lma} for {mn_id} after {len(sent)} PBUs")
 
+    @staticmethod
     def _await_pba(
-        self, mn_id: str, lma: IPv6Address, sent: Mapping[int, int], deadline: float
+        sock: socket.socket, mn_id: str, lma: IPv6Address, sent: Mapping[int, int], deadline: float
     ) -> Received | None:
         while (remaining := deadline - time.monotonic()) > 0:
-            self._sock.settimeout(remaining)
+            sock.settimeout(remaining)
             try:
-                rx = receive_mh(self._sock)
+                rx = receive_mh(sock)
             except TimeoutError:
                 return None
             except MhError as exc:

@@ -56,7 +56,7 @@ IPPROTO_MH = 135
 GROUP = "ff3e::db8:1"
 
 
-class Lab:
+class LinkLab:
     """Namespaces and an emulator backend under one random ``pmlc`` prefix."""
 
     def __init__(self) -> None:
@@ -98,8 +98,8 @@ class Lab:
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
+def link_lab() -> Iterator[LinkLab]:
+    lab = LinkLab()
     try:
         lab.backend.start()
         yield lab
@@ -202,21 +202,21 @@ def pending(sock: socket.socket, wait_s: float = 0.0) -> list[bytes]:
 # tests
 
 
-def test_neighbour_discovery_and_ping6(lab: Lab) -> None:
-    a, b = lab.pair(FAST)
+def test_neighbour_discovery_and_ping6(link_lab: LinkLab) -> None:
+    a, b = link_lab.pair(FAST)
     rtts = echo_rtts([(a, "2001:db8:1::2")], count=5, interval_s=0.05, wait_s=0.2)[0]
     # The first request waits for ND over the link; all five must come back.
     assert len(rtts) == 5
     neigh = run_cmd(["ip", "-n", a.netns, "-j", "-6", "neigh", "show", "2001:db8:1::2"]).stdout
     entry = json.loads(neigh)[0]
     assert entry["lladdr"] == b.mac and entry["state"][0] in ("REACHABLE", "DELAY", "STALE")
-    stats = lab.backend.stats()
+    stats = link_lab.backend.stats()
     assert stats[direction_key(a, b)]["frames"] >= 6  # NS + 5 requests
     assert stats[direction_key(b, a)]["frames"] >= 6  # NA + 5 replies
 
 
-def test_multicast_and_mld_cross_the_link(lab: Lab) -> None:
-    a, b = lab.pair(FAST)
+def test_multicast_and_mld_cross_the_link(link_lab: LinkLab) -> None:
+    a, b = link_lab.pair(FAST)
     sniffer = netns_socket(a.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
     with sniffer:
         sniffer.bind((a.ifname, 0x86DD))
@@ -244,8 +244,8 @@ def _wait_for_mld_report(sniffer: socket.socket, group: str) -> bytes:
     raise AssertionError(f"no MLDv2 report for {group} crossed the link")
 
 
-def test_mobility_header_crosses_the_link(lab: Lab) -> None:
-    a, b = lab.pair(FAST)
+def test_mobility_header_crosses_the_link(link_lab: LinkLab) -> None:
+    a, b = link_lab.pair(FAST)
     static_neighbour(a, "2001:db8:1::2", b)
     # A PMIPv6 Proxy Binding Update: MH type 5, flags A|H|L|K|M|R|P... here A and P set, plus
     # PadN to the 8-octet boundary. No kernel protocol handles it; raw sockets see it.
@@ -276,15 +276,15 @@ def _mh_checksum_ok(src: str, dst: str, mh: bytes) -> bool:
     return total == 0xFFFF
 
 
-def test_round_trip_time_of_each_profile(lab: Lab) -> None:
+def test_round_trip_time_of_each_profile(link_lab: LinkLab) -> None:
     """All Table I profiles as configured, one link each, probed at the same time."""
     targets, expected = [], []
     for subnet, (name, profile) in enumerate(TABLE_I.items(), start=1):
-        a, b = lab.pair(profile, seed=subnet, subnet=subnet, names=(f"{name}-a", f"{name}-b"))
+        a, b = link_lab.pair(profile, seed=subnet, subnet=subnet, names=(f"{name}-a", f"{name}-b"))
         static_neighbour(a, f"2001:db8:{subnet:x}::2", b)
         static_neighbour(b, f"2001:db8:{subnet:x}::1", a)
         targets.append((a, f"2001:db8:{subnet:x}::2"))
-        drawn = next(link for link in lab.backend.describe()["links"] if link["a"] == a.label)
+        drawn = next(link for link in link_lab.backend.describe()["links"] if link["a"] == a.label)
         expected.append((name, drawn["delay_ms"], profile.expected_sd_ms()))
     results = echo_rtts(targets, count=150, interval_s=0.01, wait_s=0.6)
     for (name, delay, sd), rtts in zip(expected, results, strict=True):
@@ -296,35 +296,35 @@ def test_round_trip_time_of_each_profile(lab: Lab) -> None:
         assert min(rtts) >= 2 * (delay - TABLE_I[name].jitter_ms) - 0.01, name
 
 
-def test_move_switches_peer_and_carrier(lab: Lab) -> None:
+def test_move_switches_peer_and_carrier(link_lab: LinkLab) -> None:
     # Both MAG interfaces show the same MAC, as PMIPv6 access routers do (RFC 5213).
     mag_mac = "02:00:00:00:0a:01"
-    mn = lab.endpoint("mn", "02:00:00:00:0b:01")
-    mag1, mag2 = lab.endpoint("mag1", mag_mac), lab.endpoint("mag2", mag_mac)
+    mn = link_lab.endpoint("mn", "02:00:00:00:0b:01")
+    mag1, mag2 = link_lab.endpoint("mag1", mag_mac), link_lab.endpoint("mag2", mag_mac)
     add_address(mn, "2001:db8:5::10/64")
     slow = profile_from("lte", delay_ms=200.0, jitter_ms=0.0)
     assert not any(carrier(ep) for ep in (mn, mag1, mag2))
 
-    lab.backend.connect(mn, mag1, slow, seed=1)
+    link_lab.backend.connect(mn, mag1, slow, seed=1)
     assert (carrier(mn), carrier(mag1), carrier(mag2)) == (True, True, False)
     with udp_listener(mag1, 6000) as on1, udp_listener(mag2, 6000) as on2:
         udp_multicast_send(mn, "ff02::1", 6000, b"in flight during the move")
-        lab.backend.move(mn, mag2, FAST, seed=2)
-        assert lab.backend.peer(mn) == mag2
+        link_lab.backend.move(mn, mag2, FAST, seed=2)
+        assert link_lab.backend.peer(mn) == mag2
         assert (carrier(mn), carrier(mag1), carrier(mag2)) == (True, False, True)
         udp_multicast_send(mn, "ff02::1", 6000, b"after the move")
         assert pending(on2, 0.3) == [b"after the move"]
         assert pending(on1) == []  # the frame in flight to mag1 was dropped
-    stats = lab.backend.stats()
+    stats = link_lab.backend.stats()
     assert stats[direction_key(mn, mag1)]["drops"] >= 1
     assert stats[direction_key(mn, mag2)]["frames"] >= 1
-    moves = [(link["b"], link["connected"]) for link in lab.backend.describe()["links"]]
+    moves = [(link["b"], link["connected"]) for link in link_lab.backend.describe()["links"]]
     assert moves == [(mag1.label, False), (mag2.label, True)]
 
 
-def test_sigterm_stops_the_emulator_and_its_taps(lab: Lab) -> None:
-    a, _ = lab.pair(FAST)
-    proc = lab.backend._proc
+def test_sigterm_stops_the_emulator_and_its_taps(link_lab: LinkLab) -> None:
+    a, _ = link_lab.pair(FAST)
+    proc = link_lab.backend._proc
     assert proc is not None
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(5) == 0
@@ -333,7 +333,7 @@ def test_sigterm_stops_the_emulator_and_its_taps(lab: Lab) -> None:
 
 
 def test_teardown_leaves_nothing_behind() -> None:
-    lab = Lab()
+    lab = LinkLab()
     try:
         lab.backend.start()
         pid = lab.backend.pid
@@ -348,7 +348,7 @@ def test_teardown_leaves_nothing_behind() -> None:
 
 
 def test_clean_removes_what_a_crashed_run_left() -> None:
-    lab = Lab()
+    lab = LinkLab()
     try:
         lab.backend.start()
         pid = lab.backend.pid

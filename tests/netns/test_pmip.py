@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ from pathlib import Path
 import pytest
 
 try:  # the namespace fixture lives with the probe tests
-    from .test_probe import Lab, cli, lab, pytestmark, stop, wait_line  # noqa: F401
+    from .test_probe import REPO, Lab, cli, lab, pytestmark, stop, wait_line  # noqa: F401
 except ImportError:  # tests/netns imported as rootdir-relative modules
-    from test_probe import Lab, cli, lab, pytestmark, stop, wait_line  # noqa: F401
+    from test_probe import REPO, Lab, cli, lab, pytestmark, stop, wait_line  # noqa: F401
 
 LMAA = "2001:db8:ff::1"
 HNP = "2001:db8:100::/64"
@@ -167,3 +168,28 @@ def test_mag_retransmits_with_doubling_timeouts_and_gives_up_in_one_line(domain:
         sent = [int(r["t_ns"]) for r in csv.DictReader(f) if r["event"] == "pbu_sent"]
     gaps = [(b - a) / 1e9 for a, b in zip(sent, sent[1:], strict=False)]
     assert len(sent) == 3 and gaps == pytest.approx([0.2, 0.4], abs=0.05), gaps
+
+
+CONCURRENT = """
+import sys, threading
+from ipaddress import IPv6Address as A, IPv6Network as N
+from experiments.pmip import EventLog, MagAgent
+mag = MagAgent(A("2001:db8:a1::2"), events=EventLog(None, "mag1"), max_timeout=1.0)
+done = {}
+def register(i):
+    mn = f"mn{i}@pmip.example"
+    done[mn] = mag.register(mn, N(f"2001:db8:10{i}::/64"), A(sys.argv[1]), "acc0").attempts
+threads = [threading.Thread(target=register, args=(i,)) for i in range(1, 5)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sorted(done.values()))
+"""
+
+
+def test_concurrent_exchanges_of_one_mag_each_get_their_own_pba(domain: Domain) -> None:
+    # One try each (max_timeout = initial timeout): a PBA read by the wrong thread would fail.
+    cmd = ["ip", "netns", "exec", domain.mags["mag1"], sys.executable, "-c", CONCURRENT, LMAA]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "[1, 1, 1, 1]", done.stderr
+    routes = domain.lab.ip(domain.lma, "-6", "route", "show", "dev", "tun1")
+    assert all(f"2001:db8:10{i}::/64 via 2001:db8:a1::2" in routes for i in range(1, 5)), routes

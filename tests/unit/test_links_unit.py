@@ -457,3 +457,44 @@ def test_cleanup_with_a_narrow_prefix_spares_other_runs(tmp_path: Path) -> None:
         for child in (mine, theirs):
             child.kill()
             child.wait()
+
+
+def test_netem_backend_issues_the_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NetemBackend end to end against a recorder (this kernel has no netem to run it)."""
+    issued: list[str] = []
+
+    def record(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        issued.append(" ".join(cmd))
+        out = '[{"kind":"netem","root":true,"bytes":100,"packets":1,"drops":0}]'
+        return subprocess.CompletedProcess(cmd, 0, out if cmd[:2] == ["tc", "-s"] else "", "")
+
+    monkeypatch.setattr(links, "run_cmd", record)
+    monkeypatch.setattr(links, "netem_available", lambda: True)
+    monkeypatch.setattr(links, "netem_seed_supported", lambda: False)
+    be = links.select_backend("netem", tag="unit")
+    assert isinstance(be, links.NetemBackend)
+    mn, mag1, mag2 = (Endpoint(f"pml-{n}", "eth0") for n in ("mn", "mag1", "mag2"))
+    outer = [links.netem_outer_name("unit", i) for i in range(3)]
+    bridge = [links.netem_bridge_name("unit", i) for i in range(2)]
+    with be:
+        for ep in (mn, mag1, mag2):
+            be.add_endpoint(ep)
+        be.connect(mn, mag1, TABLE_I["lte"], seed=1)
+        be.move(mn, mag2, TABLE_I["lte"], seed=2)
+        assert set(be.stats()) == {"pml-mn/eth0>pml-mag2/eth0", "pml-mag2/eth0>pml-mn/eth0"}
+    assert f"ip link add {outer[0]} type veth peer name eth0 netns pml-mn" in issued
+    order = [
+        f"ip link add {bridge[0]} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+        f"tc qdisc replace dev {outer[1]} root netem limit 20000 delay 5000us 3000us",
+        f"ip link set dev {outer[0]} master {bridge[0]}",
+        f"ip link set dev {outer[0]} nomaster",
+        f"ip link del dev {bridge[0]}",
+        f"ip link set dev {outer[2]} master {bridge[1]}",
+        f"tc -s -j qdisc show dev {outer[2]}",
+        f"ip link del dev {bridge[1]}",
+        f"ip link del dev {outer[2]}",
+    ]
+    positions = [issued.index(cmd) for cmd in order]
+    assert positions == sorted(positions)
+    assert not any("seed" in cmd for cmd in issued)
+    be.stop()  # idempotent

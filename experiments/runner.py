@@ -1,0 +1,340 @@
+"""Runs of a scenario: build the network, stream, hand over, collect, and keep the results.
+
+One run writes ``results/<scenario>/<kind>/peering-<on|off>/run-<NN>/`` (the layout is a
+contract with ``analysis``). ``meta.json`` is written first with ``"completed": false`` and
+rewritten at the end, so a crash or Ctrl-C leaves the finished runs intact, marks the
+current one incomplete, and the network is torn down in every case.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.scenarios import KINDS, Parameters, Roles, Scenario
+from topologies.network import Network, ProxySettings
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+EVENT_COLUMNS = ("t_ns", "event", "node", "detail")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    scenario: str
+    kind: str
+    peering: bool
+    index: int
+
+    def path(self, root: Path) -> Path:
+        onoff = "on" if self.peering else "off"
+        return root / self.scenario / self.kind / f"peering-{onoff}" / f"run-{self.index:02d}"
+
+    def label(self) -> str:
+        return f"{self.scenario} {self.kind} peering-{'on' if self.peering else 'off'} run-{self.index:02d}"
+
+
+def plan(scenario: Scenario, kinds: list[str], peerings: list[bool], reps: int) -> list[RunKey]:
+    return [
+        RunKey(scenario.name, kind, peering, i)
+        for kind in kinds
+        for peering in peerings
+        for i in range(1, reps + 1)
+    ]
+
+
+def is_complete(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "meta.json").read_text()).get("completed") is True
+    except (OSError, ValueError):
+        return False
+
+
+class EventWriter:
+    """The runner's own events (L2 moves, stream start) in the run's events CSV."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[tuple] = []
+        self.lock = threading.Lock()
+
+    def emit(self, event: str, node: str, detail: str = "") -> int:
+        t = time.time_ns()
+        with self.lock:
+            self.rows.append((t, event, node, detail))
+        return t
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "kernel": platform.release()}
+    for mod in ("proxy", "scapy", "mininet.net", "numpy", "pandas"):
+        try:
+            m = __import__(mod, fromlist=["x"])
+            out[mod.split(".")[0]] = str(getattr(m, "__version__", getattr(m, "VERSION", "?")))
+        except Exception:  # noqa: BLE001 - a missing optional module is just "missing"
+            out[mod.split(".")[0]] = "missing"
+    return out
+
+
+def git_commit() -> str:
+    res = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (res.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
+
+
+class Run:
+    """One run of one kind of one scenario."""
+
+    def __init__(self, scenario: Scenario, key: RunKey, params: Parameters, seed: int, root: Path):
+        self.scenario = scenario
+        self.key = key
+        self.params = params
+        self.seed = seed
+        self.dir = key.path(root)
+        self.roles: Roles = scenario.roles(key.kind)
+        self.events = EventWriter(self.dir / "events.csv")
+        self.meta: dict[str, Any] = {}
+        self.net: Network | None = None
+
+    # --- the whole run ------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.dir.iterdir():  # a rerun starts from an empty directory
+            if old.is_file():
+                old.unlink()
+        started = time.time()
+        spec = self.scenario.topology(self.key.peering, self.params)
+        self.meta = {
+            "scenario": self.key.scenario, "kind": self.key.kind, "peering": self.key.peering,
+            "run": self.key.index, "seed": self.seed, "parameters": self.params.to_dict(),
+            "handover_at_ms": self.params.handover_at_ms, "rate": self.params.rate,
+            "duration": self.params.duration, "source": self._where(spec, self.roles.source),
+            "receivers": [self._where(spec, r) for r in self.roles.receivers],
+            "moving": self.roles.moving, "versions": _versions(), "git_commit": git_commit(),
+            "started_at": started, "completed": False,
+        }
+        self._write_meta()
+        timers = ProxySettings().timers.replace(
+            "query-response-interval 10ms", f"query-response-interval {self.params.qri_ms:g}ms"
+        )
+        self.net = Network(spec, self.dir, prefix="pml", backend_name=self.params.backend,
+                           seed=self.seed, proxy=ProxySettings(timers=timers))
+        try:
+            self.net.build()
+            self.net.start()
+            self.meta["link_backend"] = self.net.backend.name if self.net.backend else None
+            self._measure()
+            self.meta.update(self.net.describe())
+            self.meta["completed"] = True
+        except BaseException as exc:
+            self.meta["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if self.net.backend is not None:
+                self.meta.setdefault("links", self.net.backend.describe())
+            self.net.stop()
+            self._merge_events()
+            self.meta["wall_time_s"] = round(time.time() - started, 3)
+            self._write_meta()
+        return self.meta
+
+    def _where(self, spec, node: str) -> dict[str, Any]:
+        n = spec.node(node)
+        src = spec.node(self.roles.source)
+        local = n.mag == src.mag and node != self.roles.moving
+        return {"node": node, "mag": n.mag, "lma": n.lma, "address": n.address,
+                "locality": "local" if local else "remote"}
+
+    def _write_meta(self) -> None:
+        tmp = self.dir / "meta.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=1, default=str))
+        os.replace(tmp, self.dir / "meta.json")
+
+    # --- measuring ------------------------------------------------------------------------
+
+    def _measure(self) -> None:
+        net, p = self.net, self.params
+        assert net is not None
+        receivers = {
+            r: net.popen(r, [PY, "-m", "experiments.probe", "recv", "--group", p.group, "--port", str(p.port),
+                             "--iface", "eth0", "--out", str(self.dir / f"receiver-{r}.csv")], f"probe-{r}.log")
+            for r in self.roles.receivers
+        }
+        self._wait_subscribed()
+        start_ns = time.time_ns() + 300_000_000
+        sender = net.popen(
+            self.roles.source,
+            [PY, "-m", "experiments.probe", "send", "--group", p.group, "--port", str(p.port),
+             "--source-if", "eth0", "--rate", str(p.rate), "--size", str(p.size), "--duration",
+             str(p.duration), "--start-at", str(start_ns), "--hops", "16",
+             "--out", str(self.dir / "sender.csv")],
+            "probe-sender.log",
+        )
+        self.events.rows.append((start_ns, "stream_start", self.roles.source, f"group={p.group}"))
+        if self.roles.moving:
+            self._handover(start_ns + int(p.handover_at_ms * 1e6))
+        sender.wait(p.duration + 30)
+        if sender.returncode:
+            raise RuntimeError(f"probe sender failed (exit {sender.returncode}): see {self.dir}/probe-sender.log")
+        # Let the slowest path drain: UMTS 250 ms + tunnels + backbone, twice for safety.
+        time.sleep(1.2 if self.scenario.access == "umts" else 0.5)
+        for r, proc in receivers.items():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+            if proc.returncode:
+                raise RuntimeError(f"probe receiver {r} failed: see {self.dir}/probe-{r}.log")
+
+    def _wait_subscribed(self, timeout: float = 15.0) -> None:
+        """Until each receiver's MAG and LMA proxies know the group (plus one round trip)."""
+        net, spec, group = self.net, self.net.spec, self.params.group
+        assert net is not None
+        checks = []
+        for r in self.roles.receivers:
+            n = spec.node(r)
+            checks.append((f"mag{n.mag}", spec.instance_name(n.mag, n.lma), spec.access_if(r)))
+            checks.append((f"lma{n.lma}", f"lma{n.lma}", f"t-mag{n.mag}"))
+            src = spec.node(self.roles.source)
+            if src.lma != n.lma:  # the group must also cross the backbone
+                checks.append(("lma1", "lma1", f"bb-lma{n.lma}"))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if all(self._has_group(*c, group) for c in checks):
+                time.sleep(0.2)
+                return
+            time.sleep(0.05)
+        missing = [c for c in checks if not self._has_group(*c, group)]
+        raise RuntimeError(f"receivers not subscribed after {timeout:.0f} s: {missing}")
+
+    def _has_group(self, node: str, instance: str, ifname: str, group: str) -> bool:
+        try:
+            show = self.net.show(node)
+        except OSError:
+            return False
+        for inst in show.get("instances", []):
+            if inst["name"] == instance:
+                return group in inst["queriers"].get(ifname, {}).get("groups", {})
+        return False
+
+    def _handover(self, at_ns: int) -> None:
+        net, node = self.net, self.roles.moving
+        assert net is not None and node is not None
+        delay = (at_ns - time.time_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        old = net.attached[node]
+        new = 2 if old == 1 else 1
+        self.events.emit("handover_start", node, f"from=mag{old} to=mag{new}")
+        net.detach(node)
+        if self.params.l2_delay_ms:
+            time.sleep(self.params.l2_delay_ms / 1000)
+        net.attach(node, new)
+        self.events.emit("l2_attach", node, f"mag{new}")
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _merge_events(self) -> None:
+        rows = list(self.events.rows)
+        for name in ("pmip-events.csv", "proxy-events.csv"):
+            path = self.dir / name
+            if path.exists():
+                with open(path, newline="") as f:
+                    for row in csv.DictReader(f):
+                        try:
+                            rows.append((int(row["t_ns"]), row["event"], row["node"], row["detail"]))
+                        except (KeyError, TypeError, ValueError):
+                            continue
+        rows.sort(key=lambda r: r[0])
+        done = self._handover_done(rows)
+        if done:
+            rows.append(done)
+            rows.sort(key=lambda r: r[0])
+        with open(self.dir / "events.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(EVENT_COLUMNS)
+            w.writerows(rows)
+
+    def _handover_done(self, rows: list[tuple]) -> tuple | None:
+        """When the new MAG has both the binding (PBA) and the forwarding state for the MN."""
+        node = self.roles.moving
+        start = next((r[0] for r in rows if r[1] == "handover_start"), None)
+        if node is None or start is None:
+            return None
+        new_mag = next((r[3].split("to=")[1] for r in rows if r[1] == "handover_start"), "")
+        ifname = f"a-{node}"
+        pba = next((r[0] for r in rows if r[0] >= start and r[1] == "pba_received" and r[2] == new_mag
+                    and f"mn={node}@" in r[3]), None)
+        want = "membership_changed" if self.key.kind == "receiver-handover" else "mfc_installed"
+        fwd = next((r[0] for r in rows if r[0] >= start and r[1] == want and r[2] == new_mag
+                    and (f" {ifname} " in f" {r[3]} ")), None)
+        if pba is None or fwd is None:
+            return None
+        return (max(pba, fwd), "handover_done", node, f"{new_mag} pba+{want}")
+
+
+def run_all(
+    scenario: Scenario, keys: list[RunKey], params: Parameters, seed: int, root: Path,
+    resume: bool = True, progress: Iterator | None = None,
+) -> tuple[list[Path], list[str]]:
+    """Run ``keys`` in order, skipping complete runs when ``resume``; returns dirs, failures."""
+    done, failures = [], []
+    todo = [k for k in keys if not (resume and is_complete(k.path(root)))]
+    skipped = len(keys) - len(todo)
+    bar = Progress(len(todo), skipped)
+    for key in todo:
+        bar.start(key)
+        run_seed = seed * 1000 + KINDS.index(key.kind) * 100 + key.index + (50 if key.peering else 0)
+        try:
+            Run(scenario, key, params, run_seed, root).execute()
+        except KeyboardInterrupt:
+            bar.finish()
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+            failures.append(f"{key.label()}: {exc}")
+        bar.advance()
+    bar.finish()
+    done = [k.path(root) for k in keys if is_complete(k.path(root))]
+    return done, failures
+
+
+class Progress:
+    """A progress line with ETA across runs (stderr)."""
+
+    def __init__(self, total: int, skipped: int) -> None:
+        self.total, self.skipped, self.n = total, skipped, 0
+        self.t0 = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        if skipped:
+            print(f"{skipped} run(s) already complete, skipped (--force reruns them)", file=sys.stderr)
+
+    def start(self, key: RunKey) -> None:
+        eta = ""
+        if self.n:
+            left = (time.monotonic() - self.t0) / self.n * (self.total - self.n)
+            eta = f"  ETA {int(left // 60)}m{int(left % 60):02d}s"
+        width = 24
+        filled = int(width * self.n / max(self.total, 1))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.n}/{self.total} {key.label()}{eta}"
+        print(("\r" + line.ljust(110)) if self.tty else line, end="" if self.tty else "\n",
+              file=sys.stderr, flush=True)
+
+    def advance(self) -> None:
+        self.n += 1
+
+    def finish(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+        elapsed = time.monotonic() - self.t0
+        print(f"{self.n} run(s) in {int(elapsed // 60)}m{int(elapsed % 60):02d}s", file=sys.stderr)
