@@ -29,20 +29,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown peering {args.peering!r} (valid: on, off, both)")
     if args.reps < 1:
         raise ValueError("reps must be at least 1")
-    params = scenarios.apply_settings(scenarios.Parameters(duration=args.duration, backend=args.backend),
-                                      args.set)
+    params = scenarios.apply_settings(
+        scenarios.Parameters(duration=args.duration, backend=args.backend), args.set
+    )
     _need_root()
     from topologies import clean
 
     leftovers = clean.list_netns("pml-")
     if leftovers:
-        raise ValueError(f"namespaces of an earlier run exist ({', '.join(leftovers[:3])}): run 'make clean'")
+        raise ValueError(
+            f"namespaces of an earlier run exist ({', '.join(leftovers[:3])}): run 'make clean'"
+        )
     root = Path(args.results)
     keys = plan(scenario, kinds, peerings, args.reps)
     try:
         dirs, failures = run_all(scenario, keys, params, args.seed, root, resume=not args.force)
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept, the current one is marked incomplete", file=sys.stderr)
+        print(
+            "interrupted: finished runs are kept, the current one is marked incomplete",
+            file=sys.stderr,
+        )
         return 130
     for f in failures:
         print(f"failed: {f}", file=sys.stderr)
@@ -64,8 +70,9 @@ def cmd_topo(args: argparse.Namespace) -> int:
     _need_root()
     from topologies import cli
 
-    return cli.interactive(args.name, access=args.access, peering=args.peering == "on",
-                           backend=args.backend)
+    return cli.interactive(
+        args.name, access=args.access, peering=args.peering == "on", backend=args.backend
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=3.0, help="seconds of streaming per run")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--backend", default="auto", help="link backend: auto, netem, emulator")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a parameter or a Table I field (see 'list')")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter or a Table I field (see 'list')",
+    )
     run.add_argument("--results", default=str(REPO / "results"), help="results root")
     g = run.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", default=True, help="skip complete runs (default)")
+    g.add_argument(
+        "--resume", action="store_true", default=True, help="skip complete runs (default)"
+    )
     g.add_argument("--force", action="store_true", help="rerun complete runs")
     sub.add_parser("list", help="scenarios, kinds and parameters")
     topo = sub.add_parser("topo", help="build a topology and open the Mininet CLI")

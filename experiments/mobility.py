@@ -59,15 +59,36 @@ def start_agents(net: Network) -> None:
         tunnels = []
         for m in range(1, spec.mags + 1):
             tunnels += ["--tunnel-if", f"t-mag{m}"]
-            net.sh(f"mag{m}", f"ip -6 route add {lma_address(lma)}/128 via "
-                              f"{spec.tunnel_prefix(lma, m)}1 dev t-lma{lma}")
-        net.popen(node, [PY, "-m", "experiments.pmip", "lma", "--address", lma_address(lma),
-                         *tunnels, "--events", events, "--node", node], f"pmip-{node}.log")
+            net.sh(
+                f"mag{m}",
+                f"ip -6 route add {lma_address(lma)}/128 via "
+                f"{spec.tunnel_prefix(lma, m)}1 dev t-lma{lma}",
+            )
+        net.popen(
+            node,
+            [
+                PY,
+                "-m",
+                "experiments.pmip",
+                "lma",
+                "--address",
+                lma_address(lma),
+                *tunnels,
+                "--events",
+                events,
+                "--node",
+                node,
+            ],
+            f"pmip-{node}.log",
+        )
     for m in range(1, spec.mags + 1):
         plan = net.run_dir / f"pmip-mag{m}.json"
         plan.write_text(json.dumps(mag_plan(net, m), indent=1))
-        net.popen(f"mag{m}", [PY, "-m", "experiments.mobility", "mag", "--plan", str(plan),
-                              "--events", events], f"pmip-mag{m}.log")
+        net.popen(
+            f"mag{m}",
+            [PY, "-m", "experiments.mobility", "mag", "--plan", str(plan), "--events", events],
+            f"pmip-mag{m}.log",
+        )
 
 
 def register_initial(net: Network, timeout: float = 10.0) -> None:
@@ -88,9 +109,13 @@ def register_initial(net: Network, timeout: float = 10.0) -> None:
             return
         for key, proc in net.procs.items():
             if key.startswith("pmip-") and proc.poll() is not None:
-                raise RuntimeError(f"{key} exited with {proc.returncode}: see {net.run_dir / (key + '.log')}")
+                raise RuntimeError(
+                    f"{key} exited with {proc.returncode}: see {net.run_dir / (key + '.log')}"
+                )
         time.sleep(0.05)
-    raise RuntimeError(f"PMIPv6 registration of {sorted(wanted)} did not finish within {timeout:.0f} s")
+    raise RuntimeError(
+        f"PMIPv6 registration of {sorted(wanted)} did not finish within {timeout:.0f} s"
+    )
 
 
 # --- the MAG daemon -------------------------------------------------------------------------
@@ -121,7 +146,9 @@ class MagDaemon:
         if not up and first:
             return
         # One thread per exchange: a slow PBA for one MN must not delay another's.
-        threading.Thread(target=self._exchange, args=(ifname, entry, up, first), daemon=True).start()
+        threading.Thread(
+            target=self._exchange, args=(ifname, entry, up, first), daemon=True
+        ).start()
 
     def _exchange(self, ifname: str, entry: dict[str, str], up: bool, first: bool) -> None:
         hnp, lma = IPv6Network(entry["hnp"]), IPv6Address(entry["lma"])
@@ -130,7 +157,7 @@ class MagDaemon:
         try:
             if up:
                 self.events.emit("l2_attach_detected", f"{ifname} mn={entry['mn_id']}")
-                handoff = Handoff.NEW_INTERFACE if first else Handoff.HANDOFF_BETWEEN_MAGS
+                handoff = Handoff.NEW_INTERFACE if first else Handoff.BETWEEN_MAGS
                 agent.register(entry["mn_id"], hnp, lma, ifname, handoff=handoff)
             else:
                 self.events.emit("l2_detach_detected", f"{ifname} mn={entry['mn_id']}")

@@ -41,6 +41,8 @@ RECEIVER_COLUMNS = "seq,send_ns,recv_ns,hop_limit"
 # A send more than this after its slot counts as late (1 ms: a tenth of the default period,
 # well above the ~0.1 ms wake-up jitter of an idle machine).
 LATE_NS = 1_000_000
+# Longest single sleep of the sender: 20 ms oversleeps by at most the 50 us default slack.
+MAX_WAIT_NS = 20_000_000
 # How far in the past --start-at may lie: a slow process start is fine, a stale value is not.
 MAX_START_LAG_NS = 1_000_000_000
 _NS = 1_000_000_000
@@ -158,11 +160,16 @@ def send(
             remaining = slot + mono_offset - time.monotonic_ns()
             if remaining <= 0:
                 break
-            stopper.wait(remaining / _NS)
+            # The kernel lets a select() of T seconds oversleep by T/1000 (timer slack), so
+            # long waits (before packet 0, low rates) go in steps of at most MAX_WAIT_NS.
+            stopper.wait(min(remaining, MAX_WAIT_NS) / _NS)
         if stopper.stopped:
             break
         send_ns = clock()
-        sock.sendto(encode_probe(seq, send_ns, size), dest)
+        try:
+            sock.sendto(encode_probe(seq, send_ns, size), dest)
+        except OSError as exc:
+            raise mcsock.McSockError(exc.errno, f"send to {dest[0]}: {exc.strerror}") from None
         out.write(f"{seq},{send_ns}\n")
         stats.sent += 1
         lateness = send_ns - slot

@@ -88,9 +88,14 @@ def _versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    res = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    res = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return (res.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
 
@@ -118,20 +123,35 @@ class Run:
         started = time.time()
         spec = self.scenario.topology(self.key.peering, self.params)
         self.meta = {
-            "scenario": self.key.scenario, "kind": self.key.kind, "peering": self.key.peering,
-            "run": self.key.index, "seed": self.seed, "parameters": self.params.to_dict(),
-            "handover_at_ms": self.params.handover_at_ms, "rate": self.params.rate,
-            "duration": self.params.duration, "source": self._where(spec, self.roles.source),
+            "scenario": self.key.scenario,
+            "kind": self.key.kind,
+            "peering": self.key.peering,
+            "run": self.key.index,
+            "seed": self.seed,
+            "parameters": self.params.to_dict(),
+            "handover_at_ms": self.params.handover_at_ms,
+            "rate": self.params.rate,
+            "duration": self.params.duration,
+            "source": self._where(spec, self.roles.source),
             "receivers": [self._where(spec, r) for r in self.roles.receivers],
-            "moving": self.roles.moving, "versions": _versions(), "git_commit": git_commit(),
-            "started_at": started, "completed": False,
+            "moving": self.roles.moving,
+            "versions": _versions(),
+            "git_commit": git_commit(),
+            "started_at": started,
+            "completed": False,
         }
         self._write_meta()
         timers = ProxySettings().timers.replace(
             "query-response-interval 10ms", f"query-response-interval {self.params.qri_ms:g}ms"
         )
-        self.net = Network(spec, self.dir, prefix="pml", backend_name=self.params.backend,
-                           seed=self.seed, proxy=ProxySettings(timers=timers))
+        self.net = Network(
+            spec,
+            self.dir,
+            prefix="pml",
+            backend_name=self.params.backend,
+            seed=self.seed,
+            proxy=ProxySettings(timers=timers),
+        )
         try:
             self.net.build()
             self.net.start()
@@ -155,8 +175,13 @@ class Run:
         n = spec.node(node)
         src = spec.node(self.roles.source)
         local = n.mag == src.mag and node != self.roles.moving
-        return {"node": node, "mag": n.mag, "lma": n.lma, "address": n.address,
-                "locality": "local" if local else "remote"}
+        return {
+            "node": node,
+            "mag": n.mag,
+            "lma": n.lma,
+            "address": n.address,
+            "locality": "local" if local else "remote",
+        }
 
     def _write_meta(self) -> None:
         tmp = self.dir / "meta.json.tmp"
@@ -169,18 +194,54 @@ class Run:
         net, p = self.net, self.params
         assert net is not None
         receivers = {
-            r: net.popen(r, [PY, "-m", "experiments.probe", "recv", "--group", p.group, "--port", str(p.port),
-                             "--iface", "eth0", "--out", str(self.dir / f"receiver-{r}.csv")], f"probe-{r}.log")
+            r: net.popen(
+                r,
+                [
+                    PY,
+                    "-m",
+                    "experiments.probe",
+                    "recv",
+                    "--group",
+                    p.group,
+                    "--port",
+                    str(p.port),
+                    "--iface",
+                    "eth0",
+                    "--out",
+                    str(self.dir / f"receiver-{r}.csv"),
+                ],
+                f"probe-{r}.log",
+            )
             for r in self.roles.receivers
         }
         self._wait_subscribed()
         start_ns = time.time_ns() + 300_000_000
         sender = net.popen(
             self.roles.source,
-            [PY, "-m", "experiments.probe", "send", "--group", p.group, "--port", str(p.port),
-             "--source-if", "eth0", "--rate", str(p.rate), "--size", str(p.size), "--duration",
-             str(p.duration), "--start-at", str(start_ns), "--hops", "16",
-             "--out", str(self.dir / "sender.csv")],
+            [
+                PY,
+                "-m",
+                "experiments.probe",
+                "send",
+                "--group",
+                p.group,
+                "--port",
+                str(p.port),
+                "--source-if",
+                "eth0",
+                "--rate",
+                str(p.rate),
+                "--size",
+                str(p.size),
+                "--duration",
+                str(p.duration),
+                "--start-at",
+                str(start_ns),
+                "--hops",
+                "16",
+                "--out",
+                str(self.dir / "sender.csv"),
+            ],
             "probe-sender.log",
         )
         self.events.rows.append((start_ns, "stream_start", self.roles.source, f"group={p.group}"))
@@ -188,7 +249,9 @@ class Run:
             self._handover(start_ns + int(p.handover_at_ms * 1e6))
         sender.wait(p.duration + 30)
         if sender.returncode:
-            raise RuntimeError(f"probe sender failed (exit {sender.returncode}): see {self.dir}/probe-sender.log")
+            raise RuntimeError(
+                f"probe sender failed (exit {sender.returncode}): see {self.dir}/probe-sender.log"
+            )
         # Let the slowest path drain: UMTS 250 ms + tunnels + backbone, twice for safety.
         time.sleep(1.2 if self.scenario.access == "umts" else 0.5)
         for r, proc in receivers.items():
@@ -253,7 +316,9 @@ class Run:
                 with open(path, newline="") as f:
                     for row in csv.DictReader(f):
                         try:
-                            rows.append((int(row["t_ns"]), row["event"], row["node"], row["detail"]))
+                            rows.append(
+                                (int(row["t_ns"]), row["event"], row["node"], row["detail"])
+                            )
                         except (KeyError, TypeError, ValueError):
                             continue
         rows.sort(key=lambda r: r[0])
@@ -274,19 +339,42 @@ class Run:
             return None
         new_mag = next((r[3].split("to=")[1] for r in rows if r[1] == "handover_start"), "")
         ifname = f"a-{node}"
-        pba = next((r[0] for r in rows if r[0] >= start and r[1] == "pba_received" and r[2] == new_mag
-                    and f"mn={node}@" in r[3]), None)
+        pba = next(
+            (
+                r[0]
+                for r in rows
+                if r[0] >= start
+                and r[1] == "pba_received"
+                and r[2] == new_mag
+                and f"mn={node}@" in r[3]
+            ),
+            None,
+        )
         want = "membership_changed" if self.key.kind == "receiver-handover" else "mfc_installed"
-        fwd = next((r[0] for r in rows if r[0] >= start and r[1] == want and r[2] == new_mag
-                    and (f" {ifname} " in f" {r[3]} ")), None)
+        fwd = next(
+            (
+                r[0]
+                for r in rows
+                if r[0] >= start
+                and r[1] == want
+                and r[2] == new_mag
+                and (f" {ifname} " in f" {r[3]} ")
+            ),
+            None,
+        )
         if pba is None or fwd is None:
             return None
         return (max(pba, fwd), "handover_done", node, f"{new_mag} pba+{want}")
 
 
 def run_all(
-    scenario: Scenario, keys: list[RunKey], params: Parameters, seed: int, root: Path,
-    resume: bool = True, progress: Iterator | None = None,
+    scenario: Scenario,
+    keys: list[RunKey],
+    params: Parameters,
+    seed: int,
+    root: Path,
+    resume: bool = True,
+    progress: Iterator | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Run ``keys`` in order, skipping complete runs when ``resume``; returns dirs, failures."""
     done, failures = [], []
@@ -295,7 +383,9 @@ def run_all(
     bar = Progress(len(todo), skipped)
     for key in todo:
         bar.start(key)
-        run_seed = seed * 1000 + KINDS.index(key.kind) * 100 + key.index + (50 if key.peering else 0)
+        run_seed = (
+            seed * 1000 + KINDS.index(key.kind) * 100 + key.index + (50 if key.peering else 0)
+        )
         try:
             Run(scenario, key, params, run_seed, root).execute()
         except KeyboardInterrupt:
@@ -317,7 +407,9 @@ class Progress:
         self.t0 = time.monotonic()
         self.tty = sys.stderr.isatty()
         if skipped:
-            print(f"{skipped} run(s) already complete, skipped (--force reruns them)", file=sys.stderr)
+            print(
+                f"{skipped} run(s) already complete, skipped (--force reruns them)", file=sys.stderr
+            )
 
     def start(self, key: RunKey) -> None:
         eta = ""
@@ -327,8 +419,12 @@ class Progress:
         width = 24
         filled = int(width * self.n / max(self.total, 1))
         line = f"[{'#' * filled}{'.' * (width - filled)}] {self.n}/{self.total} {key.label()}{eta}"
-        print(("\r" + line.ljust(110)) if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
+        print(
+            ("\r" + line.ljust(110)) if self.tty else line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def advance(self) -> None:
         self.n += 1

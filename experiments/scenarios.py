@@ -57,15 +57,22 @@ class Scenario:
 
     def topology(self, peering: bool, params: Parameters) -> TopologySpec:
         build = single_lma if self.lmas == 1 else multi_lma
-        return build(access=self.access, peering=peering, fixed_per_mag=2,
-                     mobile_per_mag=self.lmas, profiles=params.profiles)
+        return build(
+            access=self.access,
+            peering=peering,
+            fixed_per_mag=2,
+            mobile_per_mag=self.lmas,
+            profiles=params.profiles,
+        )
 
     def roles(self, kind: str) -> Roles:
         single = self.lmas == 1
         if kind == "delay-space":
             return Roles("n11", ("n12", "n21") if single else ("n21", "n22"))
         if kind == "receiver-handover":
-            return Roles("n11", ("mn11",) if single else ("mn12",), moving="mn11" if single else "mn12")
+            return Roles(
+                "n11", ("mn11",) if single else ("mn12",), moving="mn11" if single else "mn12"
+            )
         if kind == "sender-handover":
             return Roles("mn11", ("n11",) if single else ("n11", "n12"), moving="mn11")
         raise ValueError(f"unknown kind {kind!r} (valid: {', '.join(KINDS)})")
@@ -82,10 +89,23 @@ SCENARIOS = {
 }
 
 SETTABLE = {
-    "rate": float, "size": int, "duration": float, "handover_at_ms": float,
-    "l2_delay_ms": float, "group": str, "port": int, "qri_ms": float, "backend": str,
+    "rate": float,
+    "size": int,
+    "duration": float,
+    "handover_at_ms": float,
+    "l2_delay_ms": float,
+    "group": str,
+    "port": int,
+    "qri_ms": float,
+    "backend": str,
 }
-PROFILE_FIELDS = {"delay_ms": float, "jitter_ms": float, "distribution": str, "reorder": str, "loss": float}
+PROFILE_FIELDS = {
+    "delay_ms": float,
+    "jitter_ms": float,
+    "distribution": str,
+    "reorder": str,
+    "loss": float,
+}
 
 
 def scenario(name: str) -> Scenario:
@@ -117,7 +137,9 @@ def apply_settings(params: Parameters, settings: list[str]) -> Parameters:
             elif key in SETTABLE:
                 values[key] = SETTABLE[key](raw)
             else:
-                raise ValueError(f"--set {key}: valid keys are {', '.join(SETTABLE)} and LINK.FIELD")
+                raise ValueError(
+                    f"--set {key}: valid keys are {', '.join(SETTABLE)} and LINK.FIELD"
+                )
         except (TypeError, ValueError) as exc:
             if str(exc).startswith("--set"):
                 raise
@@ -141,7 +163,9 @@ def describe() -> str:
         for kind in KINDS:
             r = SCENARIOS[name].roles(kind)
             move = f", {r.moving} moves MAG1 -> MAG2" if r.moving else ""
-            lines.append(f"  {name} {kind}: source {r.source}, receivers {', '.join(r.receivers)}{move}")
+            lines.append(
+                f"  {name} {kind}: source {r.source}, receivers {', '.join(r.receivers)}{move}"
+            )
     lines.append("parameters (--set KEY=VALUE, defaults):")
     lines += [f"  {k} = {v}" for k, v in Parameters().to_dict().items() if k != "profiles"]
     lines.append("  LINK.FIELD, e.g. tunnel.delay_ms=25 or lte.jitter_ms=1 (Table I overrides)")

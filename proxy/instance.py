@@ -340,21 +340,28 @@ class ProxyInstance:
         self.table.refresh_counters()
         dt = self.tun.poll_interval
         for key, entry in list(self.table.mfc.items()):
-            pkts, wrong = before.get(key, (0, 0))
-            if entry.packets != pkts:
+            pkts, wrong = before.get(key, (entry.packets, entry.wrong_if))
+            # The kernel counts every packet that hits the entry, on the wrong interface too.
+            arrived, misplaced = entry.packets - pkts, entry.wrong_if - wrong
+            good = arrived - misplaced
+            if misplaced and not good:
+                # The flow left its parent interface and now hits another one (a source
+                # that moved): forget the entry so its next packet installs it anew.
+                self._delete_entry(*key)
+                continue
+            if good:
                 self._idle[key] = 0.0
                 continue
             idle = self._idle.get(key, 0.0) + dt
             self._idle[key] = idle
             parent = self.table.vif_by_index(entry.parent)
             role = self.policy.roles.get(parent.ifname) if parent else None
-            # A flow that stopped on its parent but hits another interface is forgotten so
-            # that its next packet installs it where it now arrives; a peer's source is
-            # revoked after the RFC 7287 source timeout, anything else after idle_timeout.
+            # A peer's source is revoked after the RFC 7287 source timeout, anything else
+            # after idle_timeout.
             limit = (
                 self.tun.peering_source_timeout if role is Role.PEERING else self.tun.idle_timeout
             )
-            if entry.wrong_if != wrong or idle >= limit:
+            if idle >= limit:
                 self._delete_entry(*key)
 
     # --- observability ---------------------------------------------------------------------

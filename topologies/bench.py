@@ -375,8 +375,9 @@ def plot_cdfs(
             ax.step(delays, [(i + 1) / n for i in range(n)], where="post", label="measured")
             # The configured support plus the bulk of the measurements: a few late packets
             # must not squeeze the distribution into a corner.
-            lo = min(profile.delay_ms - 3 * profile.expected_sd_ms(), delays[n // 1000])
-            hi = max(profile.delay_ms + 3 * profile.expected_sd_ms(), delays[-1 - n // 1000])
+            half = profile.jitter_ms * (1.1 if profile.distribution == "uniform" else 3.0)
+            lo = min(profile.delay_ms - half, delays[n // 1000])
+            hi = max(profile.delay_ms + half, delays[-1 - n // 1000])
             lo, hi = max(0.0, lo - 0.02 * (hi - lo)), hi + 0.02 * (hi - lo)
             xs = [lo + (hi - lo) * i / 400 for i in range(401)]
             ax.plot(xs, [configured_cdf(profile, x) for x in xs], "--", label="configured")

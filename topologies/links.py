@@ -27,6 +27,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -372,6 +373,8 @@ class EmulatorBackend(LinkBackend):
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader: Any = None
+        self._lock = threading.Lock()  # one request/reply at a time on the control socket
+        self._last_description: dict[str, Any] = {"version": None}
 
     @property
     def pid(self) -> int | None:
@@ -413,10 +416,14 @@ class EmulatorBackend(LinkBackend):
         self._request("own")
 
     def _request(self, op: str, **args: Any) -> Any:
-        if self._sock is None:
-            raise LinkError("link emulator is not running (call start())")
-        self._sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-        line = self._reader.readline()
+        with self._lock:
+            if self._sock is None:
+                raise LinkError("link emulator is not running (call start())")
+            try:
+                self._sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+                line = self._reader.readline()
+            except OSError as exc:
+                raise LinkError(f"link emulator: {op}: {exc}") from None
         if not line:
             raise LinkError(f"link emulator closed the control connection during {op}")
         reply = json.loads(line)
@@ -443,7 +450,9 @@ class EmulatorBackend(LinkBackend):
         return self._request("stats")
 
     def _describe_backend(self) -> dict[str, Any]:
-        return self._request("describe") if self._sock else {"version": None}
+        if self._sock is not None:
+            self._last_description = self._request("describe")
+        return self._last_description
 
     def stop(self, timeout: float | None = None) -> None:
         if self._proc is None:
@@ -452,7 +461,8 @@ class EmulatorBackend(LinkBackend):
             # Closing a TAP unregisters its device, about 20 ms each here: allow for that.
             timeout = 5.0 + 0.05 * len(self._endpoints)
         if self._sock is not None:
-            with contextlib.suppress(OSError, LinkError, ValueError):
+            with contextlib.suppress(LinkError, ValueError):
+                self._describe_backend()  # kept for describe() after the process is gone
                 self._request("shutdown")
             self._reader.close()
             self._sock.close()

@@ -98,7 +98,10 @@ class Network:
         out = open(self.run_dir / logname, "w")  # noqa: SIM115 - closed by the child's exit
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(node), *args],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
         )
         out.close()
         key = logname.rsplit(".", 1)[0]
@@ -135,8 +138,12 @@ class Network:
         subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
         self.namespaces.append(name)
         router = role in ("mag", "lma")
-        knobs = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
-                 "net.ipv6.conf.default.router_solicitations=0", "net.ipv6.conf.default.accept_ra=0"]
+        knobs = [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.default.router_solicitations=0",
+            "net.ipv6.conf.default.accept_ra=0",
+        ]
         if router:
             # Routers get hand-made link-locals (fe80::1 on every access link, RFC 5213).
             knobs += ["net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.addr_gen_mode=1"]
@@ -176,28 +183,46 @@ class Network:
             cmds = []
             for m in range(1, spec.mags + 1):
                 p = spec.tunnel_prefix(lma, m)
-                cmds += [f"ip addr add {p}1/64 dev t-mag{m} nodad", f"ip addr add fe80::1/64 dev t-mag{m} nodad"]
+                cmds += [
+                    f"ip addr add {p}1/64 dev t-mag{m} nodad",
+                    f"ip addr add fe80::1/64 dev t-mag{m} nodad",
+                ]
             if lma == 1:
-                cmds += ["ip link add core type veth peer name core-stub", "ip link set core-stub up", "ip link set core up",
-                         "ip addr add 2001:db8:c::1/64 dev core nodad", "ip addr add fe80::1/64 dev core nodad"]
+                cmds += [
+                    "ip link add core type veth peer name core-stub",
+                    "ip link set core-stub up",
+                    "ip link set core up",
+                    "ip addr add 2001:db8:c::1/64 dev core nodad",
+                    "ip addr add fe80::1/64 dev core nodad",
+                ]
                 for other in range(2, spec.lmas + 1):
-                    cmds += [f"ip addr add 2001:db8:2::1/64 dev bb-lma{other} nodad",
-                             f"ip addr add fe80::1/64 dev bb-lma{other} nodad"]
-                    cmds += [f"ip -6 route add {n.hnp} via 2001:db8:2::{other} dev bb-lma{other}"
-                             for n in spec.end_nodes() if n.lma == other]
+                    cmds += [
+                        f"ip addr add 2001:db8:2::1/64 dev bb-lma{other} nodad",
+                        f"ip addr add fe80::1/64 dev bb-lma{other} nodad",
+                    ]
+                    cmds += [
+                        f"ip -6 route add {n.hnp} via 2001:db8:2::{other} dev bb-lma{other}"
+                        for n in spec.end_nodes()
+                        if n.lma == other
+                    ]
             else:
-                cmds += [f"ip addr add 2001:db8:2::{lma}/64 dev bb-lma1 nodad",
-                         "ip addr add fe80::2/64 dev bb-lma1 nodad",
-                         "ip -6 route add default via 2001:db8:2::1 dev bb-lma1"]
+                cmds += [
+                    f"ip addr add 2001:db8:2::{lma}/64 dev bb-lma1 nodad",
+                    "ip addr add fe80::2/64 dev bb-lma1 nodad",
+                    "ip -6 route add default via 2001:db8:2::1 dev bb-lma1",
+                ]
             self.sh(node, " && ".join(cmds))
         for m in range(1, spec.mags + 1):
             node = f"mag{m}"
             cmds = []
             for lma in range(1, spec.lmas + 1):
                 p = spec.tunnel_prefix(lma, m)
-                cmds += [f"ip addr add {p}2/64 dev t-lma{lma} nodad", f"ip addr add fe80::2/64 dev t-lma{lma} nodad",
-                         f"ip -6 route add default via {p}1 dev t-lma{lma} table {100 + lma}"]
-            for (owner, ifname) in self.endpoints:
+                cmds += [
+                    f"ip addr add {p}2/64 dev t-lma{lma} nodad",
+                    f"ip addr add fe80::2/64 dev t-lma{lma} nodad",
+                    f"ip -6 route add default via {p}1 dev t-lma{lma} table {100 + lma}",
+                ]
+            for owner, ifname in self.endpoints:
                 if owner != node:
                     continue
                 if ifname.startswith("a-"):
@@ -211,26 +236,36 @@ class Network:
                 cmds.append(f"ip -6 rule add from {n.hnp} lookup {100 + n.lma} pref 200")
             self.sh(node, " && ".join(cmds))
         for n in spec.end_nodes():
-            self.sh(n.name, f"ip addr add {n.address}/64 dev eth0 nodad && "
-                            f"ip -6 route add default via {MAG_ACCESS_LL} dev eth0")
+            self.sh(
+                n.name,
+                f"ip addr add {n.address}/64 dev eth0 nodad && "
+                f"ip -6 route add default via {MAG_ACCESS_LL} dev eth0",
+            )
 
     # --- daemons --------------------------------------------------------------------------
 
     def proxy_config(self, node: str) -> str:
         """The mcproxy-grammar configuration of ``node``'s proxy."""
-        spec, out = self.spec, [f"# {node}: generated by topologies.network", f"protocol {self.proxy.protocol};"]
+        spec, out = (
+            self.spec,
+            [f"# {node}: generated by topologies.network", f"protocol {self.proxy.protocol};"],
+        )
         if node.startswith("mag"):
             m = int(node[3:])
             for lma, ifs in spec.mag_instances(m).items():
                 name = spec.instance_name(m, lma)
-                out.append(f"pinstance {name}({10 + lma}): {' '.join(ifs['upstreams'])} ==> "
-                           f"{' '.join(ifs['downstreams'])};")
+                out.append(
+                    f"pinstance {name}({10 + lma}): {' '.join(ifs['upstreams'])} ==> "
+                    f"{' '.join(ifs['downstreams'])};"
+                )
                 if ifs["peerings"]:
                     out.append(f"pinstance {name} peering {' '.join(ifs['peerings'])};")
                 out.append(f"pinstance {name} timers {self.proxy.timers};")
         else:
             ifs = spec.lma_interfaces(int(node[3:]))
-            out.append(f"pinstance {node}(10): {' '.join(ifs['upstreams'])} ==> {' '.join(ifs['downstreams'])};")
+            out.append(
+                f"pinstance {node}(10): {' '.join(ifs['upstreams'])} ==> {' '.join(ifs['downstreams'])};"
+            )
             out.append(f"pinstance {node} timers {self.proxy.timers};")
         return "\n".join(out) + "\n"
 
@@ -239,7 +274,9 @@ class Network:
         from experiments import mobility
 
         try:
-            for node in [n.name for n in self.spec.by_role("lma")] + [n.name for n in self.spec.by_role("mag")]:
+            for node in [n.name for n in self.spec.by_role("lma")] + [
+                n.name for n in self.spec.by_role("mag")
+            ]:
                 self._start_proxy(node)
             mobility.start_agents(self)
             for name in [n.name for n in self.spec.by_role("lma") + self.spec.by_role("mag")]:
@@ -257,9 +294,21 @@ class Network:
         text = self.proxy_config(node)
         conf.write_text(text)
         self.configs[node] = text
-        args = [PY, "-m", "proxy", "-f", str(conf), "--ctl", self.ctl_path(node),
-                "--events", str(self.run_dir / "proxy-events.csv"), "--node", node,
-                "--poll-interval", str(self.proxy.poll_interval)]
+        args = [
+            PY,
+            "-m",
+            "proxy",
+            "-f",
+            str(conf),
+            "--ctl",
+            self.ctl_path(node),
+            "--events",
+            str(self.run_dir / "proxy-events.csv"),
+            "--node",
+            node,
+            "--poll-interval",
+            str(self.proxy.poll_interval),
+        ]
         if self.proxy.debug:
             args.append("-d")
         self.popen(node, args, f"proxy-{node}.log")
@@ -293,8 +342,12 @@ class Network:
         """L2 attach of an end node to MAG ``mag`` (its pre-provisioned access interface)."""
         assert self.backend is not None
         peer = self.endpoints[(f"mag{mag}", self.spec.access_if(node))]
-        self.backend.connect(self.endpoints[(node, "eth0")], peer, self.profile(self.spec.access),
-                             self.link_seed(1000 + len(self.backend.describe()["links"])))
+        self.backend.connect(
+            self.endpoints[(node, "eth0")],
+            peer,
+            self.profile(self.spec.access),
+            self.link_seed(1000 + len(self.backend.describe()["links"])),
+        )
         self.attached[node] = mag
 
     # --- stop and describe ----------------------------------------------------------------

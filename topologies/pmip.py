@@ -161,8 +161,12 @@ def pmip_domain(
                 prefix = f"2001:db8:8{index:03x}::"
                 spec.nodes.append(
                     NodeSpec(
-                        f"{role}{m}{k}", role, lma=(k - 1) % lmas + 1, mag=m,
-                        hnp=f"{prefix}/64", address=f"{prefix}10",
+                        f"{role}{m}{k}",
+                        role,
+                        lma=(k - 1) % lmas + 1,
+                        mag=m,
+                        hnp=f"{prefix}/64",
+                        address=f"{prefix}10",
                     )
                 )
     for l in range(1, lmas + 1):  # noqa: E741
@@ -188,7 +192,11 @@ def _add_peerings(spec: TopologySpec) -> None:
             kind: LinkKind = "local-peering" if m1 == m2 else "peering"
             spec.links.append(
                 LinkSpec(
-                    kind, f"mag{m1}", spec.peering_if(l1, m2, l2), f"mag{m2}", spec.peering_if(l2, m1, l1)
+                    kind,
+                    f"mag{m1}",
+                    spec.peering_if(l1, m2, l2),
+                    f"mag{m2}",
+                    spec.peering_if(l2, m1, l1),
                 )
             )
 

@@ -345,6 +345,8 @@ def test_teardown_leaves_nothing_behind() -> None:
     assert list_links(lab.prefix) == [] and list_links(f"pmlt{pid:x}-") == []
     assert not _alive(pid)
     assert not lab.backend.pid_path.exists() and not lab.backend.control_path.exists()
+    # Run metadata can still be written after the stop.
+    assert lab.backend.describe()["version"].startswith("linkemu")
 
 
 def test_clean_removes_what_a_crashed_run_left() -> None:
