@@ -799,7 +799,9 @@ class LmaAgent:
         )
         bce.timer = self._call_later(self.bce_delete_delay, self._delete, pbu.mn_id, "deregistered")
 
-    def _call_later(self, delay: float, callback, *args: object) -> asyncio.TimerHandle | None:
+    def _call_later(
+        self, delay: float, callback: Callable[..., None], *args: object
+    ) -> asyncio.TimerHandle | None:
         # Without a running loop (handle_pbu driven directly) nothing expires on its own.
         return None if self._loop is None else self._loop.call_later(delay, callback, *args)
 

@@ -9,6 +9,7 @@ current one incomplete, and the network is torn down in every case.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import platform
@@ -42,7 +43,8 @@ class RunKey:
         return root / self.scenario / self.kind / f"peering-{onoff}" / f"run-{self.index:02d}"
 
     def label(self) -> str:
-        return f"{self.scenario} {self.kind} peering-{'on' if self.peering else 'off'} run-{self.index:02d}"
+        onoff = "on" if self.peering else "off"
+        return f"{self.scenario} {self.kind} peering-{onoff} run-{self.index:02d}"
 
 
 def plan(scenario: Scenario, kinds: list[str], peerings: list[bool], reps: int) -> list[RunKey]:
@@ -76,6 +78,7 @@ class EventWriter:
         return t
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "kernel": platform.release()}
     for mod in ("proxy", "scapy", "mininet.net", "numpy", "pandas"):
@@ -87,6 +90,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit() -> str:
     res = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
@@ -215,7 +219,7 @@ class Run:
             for r in self.roles.receivers
         }
         self._wait_subscribed()
-        start_ns = time.time_ns() + 300_000_000
+        start_ns = time.time_ns() + 100_000_000
         sender = net.popen(
             self.roles.source,
             [
@@ -252,13 +256,22 @@ class Run:
             raise RuntimeError(
                 f"probe sender failed (exit {sender.returncode}): see {self.dir}/probe-sender.log"
             )
-        # Let the slowest path drain: UMTS 250 ms + tunnels + backbone, twice for safety.
-        time.sleep(1.2 if self.scenario.access == "umts" else 0.5)
+        # Let the slowest path drain: two access links, two tunnels and the backbone at
+        # their largest delay plus jitter.
+        time.sleep(self._max_path_ms() / 1000)
         for r, proc in receivers.items():
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
             if proc.returncode:
                 raise RuntimeError(f"probe receiver {r} failed: see {self.dir}/probe-{r}.log")
+
+    def _max_path_ms(self) -> float:
+        net = self.net
+        assert net is not None
+        worst = {k: net.profile(k) for k in ("tunnel", "backbone", self.scenario.access)}
+        top = {k: (p.delay_range_ms[1] if p.delay_range_ms else p.delay_ms) + 2 * p.jitter_ms
+               for k, p in worst.items()}
+        return 2 * top[self.scenario.access] + 2 * top["tunnel"] + top["backbone"] + 50
 
     def _wait_subscribed(self, timeout: float = 15.0) -> None:
         """Until each receiver's MAG and LMA proxies know the group (plus one round trip)."""
@@ -275,9 +288,8 @@ class Run:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if all(self._has_group(*c, group) for c in checks):
-                time.sleep(0.2)
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         missing = [c for c in checks if not self._has_group(*c, group)]
         raise RuntimeError(f"receivers not subscribed after {timeout:.0f} s: {missing}")
 

@@ -263,9 +263,8 @@ class Network:
                 out.append(f"pinstance {name} timers {self.proxy.timers};")
         else:
             ifs = spec.lma_interfaces(int(node[3:]))
-            out.append(
-                f"pinstance {node}(10): {' '.join(ifs['upstreams'])} ==> {' '.join(ifs['downstreams'])};"
-            )
+            ups, downs = " ".join(ifs["upstreams"]), " ".join(ifs["downstreams"])
+            out.append(f"pinstance {node}(10): {ups} ==> {downs};")
             out.append(f"pinstance {node} timers {self.proxy.timers};")
         return "\n".join(out) + "\n"
 
@@ -354,7 +353,7 @@ class Network:
 
     def stop(self) -> None:
         """Stop daemons (SIGTERM, then SIGKILL), links, and namespaces; idempotent."""
-        for key, proc in list(self.procs.items()):
+        for proc in list(self.procs.values()):
             if proc.poll() is None:
                 with_suppress(lambda p=proc: os.killpg(p.pid, signal.SIGTERM))
         deadline = time.monotonic() + 5

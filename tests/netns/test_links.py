@@ -36,12 +36,15 @@ from topologies.clean import _alive, cleanup, list_links, list_netns
 from topologies.links import (
     REPO_ROOT,
     TABLE_I,
+    BackendUnavailable,
     EmulatorBackend,
     Endpoint,
     LinkProfile,
     direction_key,
+    netem_available,
     profile_from,
     run_cmd,
+    select_backend,
 )
 
 pytestmark = [
@@ -365,3 +368,13 @@ def test_clean_removes_what_a_crashed_run_left() -> None:
         assert again.stdout.strip() == "nothing to remove"
     finally:
         lab.teardown()
+
+
+def test_netem_probe_leaves_nothing_and_explains() -> None:
+    netem_available.cache_clear()
+    available = netem_available()
+    assert list_netns(f"pmlprobe{os.getpid()}") == []
+    if not available:  # as on the development machines: one clear line, no traceback
+        with pytest.raises(BackendUnavailable, match="no sch_netem") as info:
+            select_backend("netem")
+        assert "\n" not in str(info.value)

@@ -81,13 +81,11 @@ class Lab:
 
     def spawn(self, ns: str, module: str, *args: str, stderr: Path) -> subprocess.Popen:
         # `ip netns exec` execs the command, so the PID kept here is the Python process.
-        proc = subprocess.Popen(
-            self.command(ns, module, *args),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=stderr.open("w"),
-            text=True,
-        )
+        with stderr.open("w") as err:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                self.command(ns, module, *args), cwd=REPO, stdout=subprocess.PIPE,
+                stderr=err, text=True,
+            )  # fmt: skip
         self.processes.append(proc)
         return proc
 
