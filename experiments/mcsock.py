@@ -10,7 +10,6 @@ Used by the probes, the PMIPv6 agents, the proxy tests and the benchmarks.
 
 from __future__ import annotations
 
-import ctypes
 import socket
 import struct
 from collections.abc import Iterable
@@ -25,19 +24,18 @@ SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 IP_MULTICAST_ALL = 49
 IPV6_MULTICAST_ALL = 29
-MCAST_JOIN_GROUP = 42
-MCAST_BLOCK_SOURCE = 43
-MCAST_UNBLOCK_SOURCE = 44
-MCAST_LEAVE_GROUP = 45
-MCAST_JOIN_SOURCE_GROUP = 46
-MCAST_LEAVE_SOURCE_GROUP = 47
+# The RFC 3678 structures are shared with the proxy's host side.
+from proxy.upstream import (  # noqa: E402
+    MCAST_BLOCK_SOURCE,
+    MCAST_JOIN_GROUP,
+    MCAST_JOIN_SOURCE_GROUP,
+    MCAST_LEAVE_GROUP,
+    MCAST_LEAVE_SOURCE_GROUP,
+    MCAST_UNBLOCK_SOURCE,
+    group_req,
+    group_source_req,
+)
 
-_SS_SIZE = 128  # sizeof(struct sockaddr_storage)
-# struct sockaddr_storage is aligned like a pointer, so in struct group_req and
-# struct group_source_req the u32 interface index is followed by padding on 64-bit
-# (4 bytes) and by none on 32-bit.
-_SS_ALIGN = ctypes.alignment(ctypes.c_void_p)
-_IFINDEX_FIELD = -(-4 // _SS_ALIGN) * _SS_ALIGN
 # Room for a timespec and an int cmsg (CMSG_SPACE(16) + CMSG_SPACE(4)) and then some.
 ANCILLARY_SIZE = 256
 
@@ -78,25 +76,6 @@ def ifindex(ifname: str) -> int:
         return socket.if_nametoindex(ifname)
     except OSError:
         raise ValueError(f"no such network interface: {ifname}") from None
-
-
-def sockaddr_storage(addr: Address) -> bytes:
-    """A struct sockaddr_storage holding ``addr`` with port 0."""
-    if addr.version == 6:
-        raw = struct.pack("=HHI16sI", socket.AF_INET6, 0, 0, addr.packed, 0)
-    else:
-        raw = struct.pack("=HH4s8x", socket.AF_INET, 0, addr.packed)
-    return raw.ljust(_SS_SIZE, b"\0")
-
-
-def group_req(ifidx: int, group: Address) -> bytes:
-    """struct group_req (RFC 3678): interface index and group."""
-    return struct.pack("=I", ifidx).ljust(_IFINDEX_FIELD, b"\0") + sockaddr_storage(group)
-
-
-def group_source_req(ifidx: int, group: Address, source: Address) -> bytes:
-    """struct group_source_req (RFC 3678): interface index, group and source."""
-    return group_req(ifidx, group) + sockaddr_storage(source)
 
 
 def error_text(exc: BaseException) -> str:

@@ -269,8 +269,10 @@ class Run:
         net = self.net
         assert net is not None
         worst = {k: net.profile(k) for k in ("tunnel", "backbone", self.scenario.access)}
-        top = {k: (p.delay_range_ms[1] if p.delay_range_ms else p.delay_ms) + 2 * p.jitter_ms
-               for k, p in worst.items()}
+        top = {
+            k: (p.delay_range_ms[1] if p.delay_range_ms else p.delay_ms) + 2 * p.jitter_ms
+            for k, p in worst.items()
+        }
         return 2 * top[self.scenario.access] + 2 * top["tunnel"] + top["backbone"] + 50
 
     def _wait_subscribed(self, timeout: float = 15.0) -> None:

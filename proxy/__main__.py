@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from proxy import __version__
 from proxy import config as configmod
-from proxy.daemon import DEFAULT_CTL, Daemon, EventLog
+from proxy.daemon import DEFAULT_CTL, Daemon
+from proxy.events import EventLog
 from proxy.instance import Tunables
 from proxy.kernel import KernelError
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tun = Tunables(poll_interval=args.poll_interval, idle_timeout=args.idle_timeout)
     try:
-        events = EventLog(args.events, args.node) if args.events else None
+        events = EventLog(Path(args.events), args.node) if args.events else None
         asyncio.run(Daemon(cfg, args.ctl, tun, events).run())
     except KernelError as exc:
         print(f"error: {exc}", file=sys.stderr)

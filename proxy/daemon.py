@@ -4,48 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
 import logging
 import os
 import signal
-import time
 from collections import Counter
-from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from proxy import config as configmod
+from proxy.events import EventLog
 from proxy.instance import ProxyInstance, Tunables
 from proxy.kernel import set_mc_forwarding_sysctls
 from proxy.netlink import LinkMonitor, LinkState
 from proxy.wire import QuerySender, arrival_ifindex, parse_igmp, parse_mld
 
 log = logging.getLogger("pymcproxy")
-
-
-class EventLog:
-    """Timestamped protocol events as CSV (``t_ns,event,node,detail``, CLOCK_REALTIME).
-
-    Experiments put these next to their probes' logs: all namespaces share one clock.
-    """
-
-    def __init__(self, path: str, node: str) -> None:
-        self.node = node
-        self.file = open(path, "a", buffering=1, newline="")  # noqa: SIM115 - daemon lifetime
-        self.writer = csv.writer(self.file)
-        if self.file.tell() == 0:
-            self.writer.writerow(("t_ns", "event", "node", "detail"))
-
-    def emitter(self, instance: str) -> Callable[[str, str], None]:
-        def emit(event: str, detail: str) -> None:
-            self.writer.writerow((time.time_ns(), event, self.node, f"{instance} {detail}"))
-
-        return emit
-
-    def close(self) -> None:
-        self.file.close()
-
-
 DEFAULT_CTL = "/run/pymcproxy.sock"
 
 
@@ -108,7 +81,10 @@ class Daemon:
 
     def _start_instance(self, icfg: configmod.Instance) -> None:
         loop = asyncio.get_running_loop()
-        emit = self.events.emitter(icfg.name) if self.events else None
+        emit = None
+        if self.events:
+            log_, name = self.events, icfg.name
+            emit = lambda event, detail: log_.emit(event, f"{name} {detail}")  # noqa: E731
         inst = ProxyInstance(
             icfg, self.cfg.family, self.cfg.version, loop, self.sender, self.tunables, emit
         )

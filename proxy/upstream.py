@@ -8,6 +8,7 @@ follows older-version queriers (H1, H2) on its own.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 import struct
@@ -18,28 +19,40 @@ from proxy.membership import MembershipState
 from proxy.messages import Address, FilterMode
 
 MCAST_JOIN_GROUP = 42
+MCAST_BLOCK_SOURCE = 43
+MCAST_UNBLOCK_SOURCE = 44
 MCAST_LEAVE_GROUP = 45
 MCAST_JOIN_SOURCE_GROUP = 46
+MCAST_LEAVE_SOURCE_GROUP = 47
 MCAST_MSFILTER = 48
 _SS_SIZE = 128  # sizeof(struct sockaddr_storage)
+# struct sockaddr_storage is aligned like a pointer, so in the RFC 3678 structs the u32
+# interface index is followed by padding on 64-bit (4 bytes) and by none on 32-bit.
+_SS_ALIGN = ctypes.alignment(ctypes.c_void_p)
+_IFINDEX_FIELD = -(-4 // _SS_ALIGN) * _SS_ALIGN
 
 
 def sockaddr_storage(addr: Address) -> bytes:
-    """struct sockaddr_storage holding ``addr`` (port 0)."""
+    """A struct sockaddr_storage holding ``addr`` with port 0."""
     if addr.version == 6:
         raw = struct.pack("=HHI16sI", socket.AF_INET6, 0, 0, addr.packed, 0)
     else:
-        raw = struct.pack("=HH4s", socket.AF_INET, 0, addr.packed)
+        raw = struct.pack("=HH4s8x", socket.AF_INET, 0, addr.packed)
     return raw.ljust(_SS_SIZE, b"\0")
 
 
+def _ifindex_field(ifidx: int) -> bytes:
+    return struct.pack("=I", ifidx).ljust(_IFINDEX_FIELD, b"\0")
+
+
 def group_req(ifidx: int, group: Address) -> bytes:
-    """struct group_req: u32 interface, 4 bytes of padding on 64-bit, sockaddr_storage."""
-    return struct.pack("=I4x", ifidx) + sockaddr_storage(group)
+    """struct group_req (RFC 3678): interface index and group."""
+    return _ifindex_field(ifidx) + sockaddr_storage(group)
 
 
 def group_source_req(ifidx: int, group: Address, source: Address) -> bytes:
-    return struct.pack("=I4x", ifidx) + sockaddr_storage(group) + sockaddr_storage(source)
+    """struct group_source_req (RFC 3678): interface index, group and source."""
+    return group_req(ifidx, group) + sockaddr_storage(source)
 
 
 def group_filter(ifidx: int, group: Address, state: MembershipState) -> bytes:
