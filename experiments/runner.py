@@ -317,8 +317,9 @@ class Run:
         net.detach(node)
         if self.params.l2_delay_ms:
             time.sleep(self.params.l2_delay_ms / 1000)
-        net.attach(node, new)
+        # Stamped when the attach starts: the new MAG may react before attach() returns.
         self.events.emit("l2_attach", node, f"mag{new}")
+        net.attach(node, new)
 
     # --- events -----------------------------------------------------------------------------
 
