@@ -1,0 +1,1 @@
+"""Benchmarks: forwarding goodput (Fig. 2), control-plane latency and scale, beside igmpproxy."""
