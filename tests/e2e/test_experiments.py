@@ -14,11 +14,32 @@ from experiments.scenarios import KINDS, Parameters, scenario
 from topologies import clean
 
 HANDOVER_EVENTS = {
-    "receiver-handover": ["handover_start", "l2_attach", "proxy_link_up", "l2_attach_detected", "pbu_sent",
-                          "pbu_received", "pba_sent", "pba_received", "query_sent", "report_received",
-                          "membership_changed", "handover_done"],
-    "sender-handover": ["handover_start", "l2_attach", "proxy_link_up", "l2_attach_detected", "pbu_sent",
-                        "pbu_received", "pba_sent", "pba_received", "mfc_installed", "handover_done"],
+    "receiver-handover": [
+        "handover_start",
+        "l2_attach",
+        "proxy_link_up",
+        "l2_attach_detected",
+        "pbu_sent",
+        "pbu_received",
+        "pba_sent",
+        "pba_received",
+        "query_sent",
+        "report_received",
+        "membership_changed",
+        "handover_done",
+    ],
+    "sender-handover": [
+        "handover_start",
+        "l2_attach",
+        "proxy_link_up",
+        "l2_attach_detected",
+        "pbu_sent",
+        "pbu_received",
+        "pba_sent",
+        "pba_received",
+        "mfc_installed",
+        "handover_done",
+    ],
 }
 
 
@@ -46,7 +67,9 @@ def meta(run: Path) -> dict:
 
 
 def delays(run: Path, node: str) -> list[float]:
-    return [(int(r["recv_ns"]) - int(r["send_ns"])) / 1e6 for r in rows(run / f"receiver-{node}.csv")]
+    return [
+        (int(r["recv_ns"]) - int(r["send_ns"])) / 1e6 for r in rows(run / f"receiver-{node}.csv")
+    ]
 
 
 def test_every_run_is_complete_with_its_files(results):
@@ -56,13 +79,17 @@ def test_every_run_is_complete_with_its_files(results):
         assert m["completed"] is True
         assert m["link_backend"] in ("emulator", "netem")
         assert m["links"]["links"], "drawn link delays are recorded"
-        assert {"proxy-mag1.conf", "proxy-mag1.log", "sender.csv", "events.csv"} <= {p.name for p in run.iterdir()}
+        assert {"proxy-mag1.conf", "proxy-mag1.log", "sender.csv", "events.csv"} <= {
+            p.name for p in run.iterdir()
+        }
         assert len(rows(run / "sender.csv")) == 150
 
 
 def test_peering_lowers_the_remote_receivers_delay(results):
     name, runs = results
-    remote = next(r["node"] for r in meta(runs[("delay-space", False)])["receivers"] if r["mag"] == 2)
+    remote = next(
+        r["node"] for r in meta(runs[("delay-space", False)])["receivers"] if r["mag"] == 2
+    )
     off = statistics.median(delays(runs[("delay-space", False)], remote))
     on = statistics.median(delays(runs[("delay-space", True)], remote))
     assert on < off - 20, f"{name}: median delay with peering {on:.1f} ms, without {off:.1f} ms"
@@ -70,7 +97,7 @@ def test_peering_lowers_the_remote_receivers_delay(results):
 
 def test_receivers_lose_nothing_outside_the_handover_window(results):
     _name, runs = results
-    for (kind, _peering), run in runs.items():
+    for run in runs.values():
         sent = {int(r["seq"]): int(r["send_ns"]) for r in rows(run / "sender.csv")}
         events = rows(run / "events.csv")
         start = next((int(e["t_ns"]) for e in events if e["event"] == "handover_start"), None)
@@ -95,8 +122,12 @@ def test_handover_produces_the_full_event_sequence(results, kind):
         assert not missing, f"{kind} peering={peering}: missing {missing}"
         times = [int(e["t_ns"]) for e in events]
         assert times == sorted(times)
-        order = {e: after.index(e) for e in ("handover_start", "l2_attach", "pbu_sent", "pba_received")}
-        assert order["handover_start"] < order["l2_attach"] < order["pbu_sent"] < order["pba_received"]
+        order = {
+            e: after.index(e) for e in ("handover_start", "l2_attach", "pbu_sent", "pba_received")
+        }
+        assert (
+            order["handover_start"] < order["l2_attach"] < order["pbu_sent"] < order["pba_received"]
+        )
 
 
 # Hop limit seen by the moving receiver (16 at the source), before and after the handover:
@@ -116,8 +147,14 @@ def test_packets_after_a_receiver_handover_come_through_the_new_mag(results):
         mn = meta(run)["moving"]
         events = rows(run / "events.csv")
         start = next(int(e["t_ns"]) for e in events if e["event"] == "handover_start")
-        to_new = [e for e in events if int(e["t_ns"]) > start and e["node"] == "mag2"
-                  and e["event"] in ("mfc_installed", "mfc_updated") and f"a-{mn}" in e["detail"]]
+        to_new = [
+            e
+            for e in events
+            if int(e["t_ns"]) > start
+            and e["node"] == "mag2"
+            and e["event"] in ("mfc_installed", "mfc_updated")
+            and f"a-{mn}" in e["detail"]
+        ]
         assert to_new, f"{name} peering={peering}: MAG2 never forwarded to a-{mn}"
         got = rows(run / f"receiver-{mn}.csv")
         before = {int(r["hop_limit"]) for r in got if int(r["recv_ns"]) < start}

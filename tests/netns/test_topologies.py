@@ -46,7 +46,9 @@ def ping_all(net: Network) -> dict[tuple[str, str], bool]:
     result = {}
     for a in nodes:
         targets = [b for b in nodes if b.name != a.name and net.attached.get(b.name)]
-        script = " ".join(f"(ping -6 -c1 -W3 {b.address} >/dev/null && echo ok {b.name}) &" for b in targets)
+        script = " ".join(
+            f"(ping -6 -c1 -W3 {b.address} >/dev/null && echo ok {b.name}) &" for b in targets
+        )
         out = net.sh(a.name, script + " wait", check=False)
         for b in targets:
             result[(a.name, b.name)] = f"ok {b.name}" in out
@@ -76,7 +78,9 @@ def drawn_delay(net: Network, a_if: str, b_if: str) -> float:
 
 
 def assert_delay(measured: float, expected: float, tol: float, what: str) -> None:
-    assert abs(measured - expected) <= tol, f"{what}: measured {measured:.2f} ms, expected {expected:.2f} ± {tol} ms"
+    assert abs(measured - expected) <= tol, (
+        f"{what}: measured {measured:.2f} ms, expected {expected:.2f} ± {tol} ms"
+    )
 
 
 def test_link_round_trip_times_follow_table_i(network):
@@ -105,21 +109,77 @@ def test_multicast_reaches_subscribed_mn_only(network, builder, tmp_path):
     net = network(builder(access="lte", peering=False))
     out = net.run_dir
     # mn21 (on MAG2) subscribes, n21 (also MAG2) does not; the source is n11 on MAG1.
-    rx = net.popen("mn21", [PY, "-m", "experiments.probe", "recv", "--group", GROUP, "--port", "5002",
-                            "--iface", "eth0", "--out", str(out / "mn21.csv")], "rx-mn21.log")
-    idle = net.popen("n21", [PY, "-m", "experiments.probe", "recv", "--group", "ff0e::db8:78", "--port",
-                             "5002", "--iface", "eth0", "--out", str(out / "n21.csv")], "rx-n21.log")
+    rx = net.popen(
+        "mn21",
+        [
+            PY,
+            "-m",
+            "experiments.probe",
+            "recv",
+            "--group",
+            GROUP,
+            "--port",
+            "5002",
+            "--iface",
+            "eth0",
+            "--out",
+            str(out / "mn21.csv"),
+        ],
+        "rx-mn21.log",
+    )
+    idle = net.popen(
+        "n21",
+        [
+            PY,
+            "-m",
+            "experiments.probe",
+            "recv",
+            "--group",
+            "ff0e::db8:78",
+            "--port",
+            "5002",
+            "--iface",
+            "eth0",
+            "--out",
+            str(out / "n21.csv"),
+        ],
+        "rx-n21.log",
+    )
     spec = net.spec
 
     def subscribed() -> bool:
-        inst = next(i for i in net.show("mag2")["instances"] if i["name"] == spec.instance_name(2, 1))
+        inst = next(
+            i for i in net.show("mag2")["instances"] if i["name"] == spec.instance_name(2, 1)
+        )
         lma = net.show("lma1")["instances"][0]
-        return GROUP in inst["queriers"]["a-mn21"]["groups"] and GROUP in lma["queriers"]["t-mag2"]["groups"]
+        return (
+            GROUP in inst["queriers"]["a-mn21"]["groups"]
+            and GROUP in lma["queriers"]["t-mag2"]["groups"]
+        )
 
     assert wait_for(subscribed, 10), net.show("mag2")
-    tx = net.popen("n11", [PY, "-m", "experiments.probe", "send", "--group", GROUP, "--port", "5002",
-                           "--source-if", "eth0", "--count", "50", "--rate", "100", "--out",
-                           str(out / "tx.csv")], "tx.log")
+    tx = net.popen(
+        "n11",
+        [
+            PY,
+            "-m",
+            "experiments.probe",
+            "send",
+            "--group",
+            GROUP,
+            "--port",
+            "5002",
+            "--source-if",
+            "eth0",
+            "--count",
+            "50",
+            "--rate",
+            "100",
+            "--out",
+            str(out / "tx.csv"),
+        ],
+        "tx.log",
+    )
     tx.wait(20)
     time.sleep(0.5)
     for proc in (rx, idle):
