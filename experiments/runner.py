@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,16 @@ def git_commit() -> str:
 class Run:
     """One run of one kind of one scenario."""
 
-    def __init__(self, scenario: Scenario, key: RunKey, params: Parameters, seed: int, root: Path):
+    def __init__(
+        self,
+        scenario: Scenario,
+        key: RunKey,
+        params: Parameters,
+        seed: int,
+        root: Path,
+        prefix: str = "pml",
+    ):
+        self.prefix = prefix
         self.scenario = scenario
         self.key = key
         self.params = params
@@ -151,7 +159,7 @@ class Run:
         self.net = Network(
             spec,
             self.dir,
-            prefix="pml",
+            prefix=self.prefix,
             backend_name=self.params.backend,
             seed=self.seed,
             proxy=ProxySettings(timers=timers),
@@ -389,7 +397,7 @@ def run_all(
     seed: int,
     root: Path,
     resume: bool = True,
-    progress: Iterator | None = None,
+    prefix: str = "pml",
 ) -> tuple[list[Path], list[str]]:
     """Run ``keys`` in order, skipping complete runs when ``resume``; returns dirs, failures."""
     done, failures = [], []
@@ -402,7 +410,7 @@ def run_all(
             seed * 1000 + KINDS.index(key.kind) * 100 + key.index + (50 if key.peering else 0)
         )
         try:
-            Run(scenario, key, params, run_seed, root).execute()
+            Run(scenario, key, params, run_seed, root, prefix).execute()
         except KeyboardInterrupt:
             bar.finish()
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,10 @@ def results(request, tmp_path_factory):
     sc = scenario(request.param)
     params = Parameters(duration=1.5, handover_at_ms=500)
     keys = plan(sc, list(KINDS), [False, True], 1)
-    dirs, failures = run_all(sc, keys, params, seed=7, root=root)
+    prefix = "pmlt" + uuid.uuid4().hex[:4]
+    dirs, failures = run_all(sc, keys, params, seed=7, root=root, prefix=prefix)
     assert not failures, failures
-    assert clean.list_netns("pml-") == []
+    assert clean.list_netns(prefix) == []
     assert len(dirs) == len(keys)
     return request.param, {(k.kind, k.peering): k.path(root) for k in keys}
 
