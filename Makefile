@@ -13,6 +13,8 @@ REPS     ?= 10
 DURATION ?= 3
 SEED     ?= 1
 QUICK    ?=
+SET      ?=
+RESULTS  ?= results
 
 .PHONY: help install sysdeps test lint experiment list figures paper bench bench-links clean topo
 
@@ -50,17 +52,20 @@ list: sysdeps $(STAMP)
 experiment: sysdeps $(STAMP)
 	@if [ -z "$(SCENARIO)" ]; then echo "error: give SCENARIO=name (see 'make list')" >&2; exit 2; fi
 	$(PY) -m experiments run $(SCENARIO) --kind $(KIND) --peering $(PEERING) \
-	  --reps $(REPS) --duration $(DURATION) --seed $(SEED) $(if $(FORCE),--force,--resume)
+	  --reps $(REPS) --duration $(DURATION) --seed $(SEED) --results $(RESULTS) \
+	  $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--force,--resume)
 
 figures: $(STAMP)
-	$(PY) -m analysis figures
+	$(PY) -m analysis figures --results $(RESULTS)
+	$(PY) -m analysis report --results $(RESULTS)
 
 paper: sysdeps $(STAMP)
 	for s in single-lma-lte single-lma-umts multi-lma-lte multi-lma-umts; do \
-	  $(PY) -m experiments run $$s --reps $(REPS) --duration $(DURATION) --seed $(SEED) --resume || exit 1; done
+	  $(PY) -m experiments run $$s --reps $(REPS) --duration $(DURATION) --seed $(SEED) \
+	    --results $(RESULTS) --resume || exit 1; done
 	$(MAKE) --no-print-directory bench
-	$(PY) -m analysis figures
-	$(PY) -m analysis report
+	$(PY) -m analysis figures --results $(RESULTS)
+	$(PY) -m analysis report --results $(RESULTS)
 
 bench: sysdeps $(STAMP)
 	$(PY) -m benchmarks all $(if $(QUICK),--quick)

@@ -59,8 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             from analysis.figures import make_figures
             from analysis.load import load_runs
+            from analysis.report import write_report
 
-            make_figures(load_runs(root), root / "figures", log=lambda m: print(m, file=sys.stderr))
+            runs = load_runs(root)
+            make_figures(runs, root / "figures", log=lambda m: print(m, file=sys.stderr))
+            print(f"report: {write_report(runs, root)}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - figures are a bonus at this point
             print(f"figures not drawn: {exc}", file=sys.stderr)
     return 1 if failures else 0
