@@ -14,33 +14,26 @@ from experiments.runner import plan, run_all
 from experiments.scenarios import KINDS, Parameters, scenario
 from topologies import clean
 
+# What every handover must log, in this order of first appearance after the detach.
+_ATTACH = [
+    "handover_start",
+    "l2_attach",
+    "proxy_link_up",
+    "l2_attach_detected",
+    "pbu_sent",
+    "pbu_received",
+    "pba_sent",
+    "pba_received",
+]
 HANDOVER_EVENTS = {
     "receiver-handover": [
-        "handover_start",
-        "l2_attach",
-        "proxy_link_up",
-        "l2_attach_detected",
-        "pbu_sent",
-        "pbu_received",
-        "pba_sent",
-        "pba_received",
+        *_ATTACH,
         "query_sent",
         "report_received",
         "membership_changed",
         "handover_done",
     ],
-    "sender-handover": [
-        "handover_start",
-        "l2_attach",
-        "proxy_link_up",
-        "l2_attach_detected",
-        "pbu_sent",
-        "pbu_received",
-        "pba_sent",
-        "pba_received",
-        "mfc_installed",
-        "handover_done",
-    ],
+    "sender-handover": [*_ATTACH, "mfc_installed", "handover_done"],
 }
 
 

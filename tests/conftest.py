@@ -1,4 +1,4 @@
-"""End-to-end tests run whole experiments; like tests/netns they need root (CI has it)."""
+"""Tests under tests/netns and tests/e2e build network namespaces: they need root (CI has it)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import os
 
 import pytest
 
+NEEDS_ROOT = ("tests/netns", "tests/e2e")
+
 
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root for network namespaces (CI runs as root)")
     for item in items:
-        if "tests/e2e" in str(item.fspath):
+        if any(part in str(item.fspath) for part in NEEDS_ROOT):
             item.add_marker(skip)
