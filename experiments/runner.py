@@ -150,6 +150,7 @@ class Run:
             "versions": _versions(),
             "git_commit": git_commit(),
             "started_at": started,
+            "loadavg_at_start": os.getloadavg(),
             "completed": False,
         }
         self._write_meta()
@@ -180,6 +181,7 @@ class Run:
             self.net.stop()
             self._merge_events()
             self.meta["wall_time_s"] = round(time.time() - started, 3)
+            self.meta["loadavg_at_end"] = os.getloadavg()
             self._write_meta()
         return self.meta
 

@@ -155,3 +155,30 @@ def test_packets_after_a_receiver_handover_come_through_the_new_mag(results):
         before = {int(r["hop_limit"]) for r in got if int(r["recv_ns"]) < start}
         after = {int(r["hop_limit"]) for r in got if int(r["send_ns"]) > start + 300e6}
         assert (before, after) == tuple({h} for h in HOPS[(name, peering)]), (name, peering)
+
+
+FIGURES = {"single-lma-lte": ["fig04", "fig06"], "multi-lma-lte": ["fig08", "fig09", "fig10"]}
+
+
+def test_figures_and_report_from_the_real_short_runs(results):
+    """The analysis pipeline on real runs: figures exist, report numbers equal the CSVs'."""
+    from analysis import load_runs
+    from analysis.figures import make_figures
+    from analysis.report import write_report
+    from tests.unit.test_analysis_pipeline import _direct_group, _table_rows
+
+    name, runs = results
+    root = next(iter(runs.values())).parents[3]
+    loaded = load_runs(root)
+    outcome = make_figures(loaded, root / "figures", None, log=lambda _: None)
+    for fig in FIGURES[name]:
+        for ext in ("png", "pdf"):
+            assert (root / "figures" / f"{fig}.{ext}").stat().st_size > 1000, outcome
+    table = _table_rows(write_report(loaded, root).read_text())
+    for kind in KINDS:
+        for peering in ("off", "on"):
+            expect = _direct_group(root, name, kind, peering)
+            cells = table[(name, kind, peering)]
+            assert cells[2:6] == [f"{expect[k]:.2f}" for k in ("median", "p95", "max", "jitter")]
+            if kind != "delay-space":
+                assert cells[7:9] == [f"{expect['missing']:.1f}", f"{expect['lost_ms']:.1f}"]
