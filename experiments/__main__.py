@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 def _need_root() -> None:
     if os.geteuid() != 0:
         raise SystemExit("error: needs root (network namespaces); run as root or with sudo")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,15 +40,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     _need_root()
     from topologies import clean
 
-    leftovers = clean.list_netns("pml-")
+    leftovers = clean.list_netns(args.prefix + "-")
     if leftovers:
         raise ValueError(
             f"namespaces of an earlier run exist ({', '.join(leftovers[:3])}): run 'make clean'"
         )
     root = Path(args.results)
     keys = plan(scenario, kinds, peerings, args.reps)
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the network is torn down.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        dirs, failures = run_all(scenario, keys, params, args.seed, root, resume=not args.force)
+        dirs, failures = run_all(
+            scenario, keys, params, args.seed, root, resume=not args.force, prefix=args.prefix
+        )
     except KeyboardInterrupt:
         print(
             "interrupted: finished runs are kept, the current one is marked incomplete",
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         help="override a parameter or a Table I field (see 'list')",
     )
     run.add_argument("--results", default=str(REPO / "results"), help="results root")
+    run.add_argument("--prefix", default="pml", help="namespace name prefix (default pml)")
     g = run.add_mutually_exclusive_group()
     g.add_argument(
         "--resume", action="store_true", default=True, help="skip complete runs (default)"
