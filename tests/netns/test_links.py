@@ -207,7 +207,7 @@ def pending(sock: socket.socket, wait_s: float = 0.0) -> list[bytes]:
 
 def test_neighbour_discovery_and_ping6(link_lab: LinkLab) -> None:
     a, b = link_lab.pair(FAST)
-    rtts = echo_rtts([(a, "2001:db8:1::2")], count=5, interval_s=0.05, wait_s=0.2)[0]
+    rtts = echo_rtts([(a, "2001:db8:1::2")], count=5, interval_s=0.05, wait_s=1.0)[0]
     # The first request waits for ND over the link; all five must come back.
     assert len(rtts) == 5
     neigh = run_cmd(["ip", "-n", a.netns, "-j", "-6", "neigh", "show", "2001:db8:1::2"]).stdout
