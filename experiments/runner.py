@@ -16,7 +16,6 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,18 +62,13 @@ def is_complete(run_dir: Path) -> bool:
 
 
 class EventWriter:
-    """The runner's own events (L2 moves, stream start) in the run's events CSV."""
+    """The runner's own events (stream start, L2 moves), merged into events.csv at the end."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[tuple] = []
-        self.lock = threading.Lock()
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, str, str]] = []
 
-    def emit(self, event: str, node: str, detail: str = "") -> int:
-        t = time.time_ns()
-        with self.lock:
-            self.rows.append((t, event, node, detail))
-        return t
+    def emit(self, event: str, node: str, detail: str = "", t_ns: int | None = None) -> None:
+        self.rows.append((time.time_ns() if t_ns is None else t_ns, event, node, detail))
 
 
 @functools.cache
@@ -121,7 +115,7 @@ class Run:
         self.seed = seed
         self.dir = key.path(root)
         self.roles: Roles = scenario.roles(key.kind)
-        self.events = EventWriter(self.dir / "events.csv")
+        self.events = EventWriter()
         self.meta: dict[str, Any] = {}
         self.net: Network | None = None
 
@@ -204,61 +198,38 @@ class Run:
 
     # --- measuring ------------------------------------------------------------------------
 
+    def _probe(self, node: str, mode: str, logname: str, **opts: object) -> subprocess.Popen:
+        """Start ``python -m experiments.probe MODE --key value ...`` in ``node``."""
+        p = self.params
+        args = [PY, "-m", "experiments.probe", mode, "--group", p.group, "--port", str(p.port)]
+        for key, value in opts.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        assert self.net is not None
+        return self.net.popen(node, args, logname)
+
     def _measure(self) -> None:
-        net, p = self.net, self.params
-        assert net is not None
+        p = self.params
         receivers = {
-            r: net.popen(
-                r,
-                [
-                    PY,
-                    "-m",
-                    "experiments.probe",
-                    "recv",
-                    "--group",
-                    p.group,
-                    "--port",
-                    str(p.port),
-                    "--iface",
-                    "eth0",
-                    "--out",
-                    str(self.dir / f"receiver-{r}.csv"),
-                ],
-                f"probe-{r}.log",
+            r: self._probe(
+                r, "recv", f"probe-{r}.log", iface="eth0", out=self.dir / f"receiver-{r}.csv"
             )
             for r in self.roles.receivers
         }
         self._wait_subscribed()
         start_ns = time.time_ns() + 100_000_000
-        sender = net.popen(
+        sender = self._probe(
             self.roles.source,
-            [
-                PY,
-                "-m",
-                "experiments.probe",
-                "send",
-                "--group",
-                p.group,
-                "--port",
-                str(p.port),
-                "--source-if",
-                "eth0",
-                "--rate",
-                str(p.rate),
-                "--size",
-                str(p.size),
-                "--duration",
-                str(p.duration),
-                "--start-at",
-                str(start_ns),
-                "--hops",
-                "16",
-                "--out",
-                str(self.dir / "sender.csv"),
-            ],
+            "send",
             "probe-sender.log",
+            source_if="eth0",
+            rate=p.rate,
+            size=p.size,
+            duration=p.duration,
+            start_at=start_ns,
+            hops=16,
+            out=self.dir / "sender.csv",
         )
-        self.events.rows.append((start_ns, "stream_start", self.roles.source, f"group={p.group}"))
+        self.events.emit("stream_start", self.roles.source, f"group={p.group}", t_ns=start_ns)
         if self.roles.moving:
             self._handover(start_ns + int(p.handover_at_ms * 1e6))
         sender.wait(p.duration + 30)
@@ -402,15 +373,14 @@ def run_all(
     prefix: str = "pml",
 ) -> tuple[list[Path], list[str]]:
     """Run ``keys`` in order, skipping complete runs when ``resume``; returns dirs, failures."""
-    done, failures = [], []
+    failures = []
     todo = [k for k in keys if not (resume and is_complete(k.path(root)))]
     skipped = len(keys) - len(todo)
     bar = Progress(len(todo), skipped)
     for key in todo:
         bar.start(key)
-        run_seed = (
-            seed * 1000 + KINDS.index(key.kind) * 100 + key.index + (50 if key.peering else 0)
-        )
+        # Peering off and on share a seed: same drawn link delays, a paired comparison.
+        run_seed = seed * 1000 + KINDS.index(key.kind) * 100 + key.index
         try:
             Run(scenario, key, params, run_seed, root, prefix).execute()
         except KeyboardInterrupt:
