@@ -495,10 +495,12 @@ def build_report(
         "- Pooled statistics use the *focus* receivers: every receiver for delay-space and"
         " sender-handover runs, the moving receiver (node of `handover_start`) for"
         " receiver-handover runs. Delay statistics pool all their packets over all runs.",
-        "- Handover loss: packets between the last received packet sent before `handover_start`"
-        " and the first received one sent after it that never arrived (loss in ms = packets x"
-        " send interval); silence at receiver = longest time between consecutive arrivals that"
-        " ends after the handover start. Both are medians over runs.",
+        "- Handover loss: packets sent from"
+        f" {windows.loss[0]:g} ms to +{windows.loss[1]:g} ms around `handover_start` that never"
+        " arrived (the window begins early enough to count packets still in flight to the old"
+        " MAG at the detach; loss in ms = packets x send interval); silence at receiver ="
+        " longest time between consecutive arrivals that ends after the handover start. Both"
+        " are medians over runs.",
         f"- Before/after windows (send time relative to `handover_start`): before"
         f" [{windows.before[0]:g}, {windows.before[1]:g}) ms, after"
         f" [{windows.after[0]:g}, {windows.after[1]:g}) ms.",

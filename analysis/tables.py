@@ -24,6 +24,11 @@ class Windows:
 
     before: tuple[float, float] = metrics.DEFAULT_BEFORE_MS
     after: tuple[float, float] = metrics.DEFAULT_AFTER_MS
+    # Handover loss counts every packet sent in this window that never arrived: it starts
+    # early enough to include what was still in flight towards the old MAG at the detach
+    # (the longest path, UMTS, is ~400 ms), which a last-before/first-after gap misses
+    # when packets sent just before the detach come round the new path.
+    loss: tuple[float, float] = (-500.0, 1000.0)
 
 
 def first_arrivals(packets: pd.DataFrame) -> pd.DataFrame:
@@ -70,6 +75,13 @@ def _receiver_row(
         interval_ms=interval,
         sent_seq=sent["seq"] if len(sent) else None,
     )
+    missing, _ = metrics.loss_in_window(
+        sent["seq"],
+        sent["send_ns"],
+        pk["seq"],
+        handover_ns + int(windows.loss[0] * metrics.NS_PER_MS),
+        handover_ns + int(windows.loss[1] * metrics.NS_PER_MS),
+    )
     t = uniq["t_ho_ms"].to_numpy(dtype=float)
     d_before, d_after = metrics.before_after(t, delay, windows.before, windows.after)
     j_before, j_after = metrics.before_after(t, jitter, windows.before, windows.after)
@@ -88,8 +100,9 @@ def _receiver_row(
     row.update(
         {
             "ho_recovered": gap.first_after_seq is not None,
-            "ho_missing": gap.missing_packets,
-            "ho_lost_ms": gap.lost_ms,
+            "ho_missing": missing,
+            "ho_lost_ms": missing * interval if interval else math.nan,
+            "ho_gap_missing": gap.missing_packets,
             "ho_gap_send_ms": gap.gap_send_ms,
             "ho_gap_arrival_ms": gap.gap_arrival_ms,
             "ho_delay_step_ms": step,

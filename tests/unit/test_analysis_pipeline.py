@@ -171,9 +171,16 @@ def _direct_group(root: Path, scenario: str, kind: str, peering: str) -> dict[st
             delays += list((recv - send) / 1e6)
             jitters += list(metrics.rfc3550_jitter(send, recv).series_ms)
             if handover:
-                gap = metrics.handover_gap(seq, send, recv, handover[0], interval_ms=10.0)
-                missing.append(gap.missing_packets)
-                lost_ms.append(gap.lost_ms)
+                # Every packet sent from 500 ms before to 1000 ms after the handover that
+                # never arrived (the report's documented window).
+                sent = {
+                    int(r["seq"]): int(r["send_ns"])
+                    for r in csv.DictReader((run_dir / "sender.csv").open())
+                }
+                window = [s for s, t in sent.items() if -500e6 <= t - handover[0] < 1000e6]
+                lost = len(set(window) - set(seq.tolist()))
+                missing.append(lost)
+                lost_ms.append(lost * 10.0)
     return {
         "median": float(np.median(delays)),
         "p95": float(np.percentile(delays, 95)),
