@@ -16,6 +16,15 @@ mcproxy's keywords (``in``, ``out``, ``table``, ...) must be quoted to be used a
     pinstance NAME timers [profile default|mobility] [KEY VALUE ...];
     pinstance NAME downstream IF version N;                    # RFC 4605 §4.1 P2
     pinstance NAME downstream IF querier-election on|off;      # RFC 4605 §3 P7
+    # multiple upstreams (see "Multiple upstreams" below)
+    pinstance NAME upstream IF priority N;                     # interface priority, 0..65535
+    pinstance NAME upstream IF select [subscriber P] [source P] [group P];   # a record
+    pinstance NAME upstream IF default;                        # the default upstream
+    pinstance NAME upstream IF|* takeover off | link-down | no-querier DURATION;
+    pinstance NAME upstream * revert immediate | never | after DURATION;
+    pinstance NAME upstream * migrate keep | move | after DURATION;
+    pinstance NAME upstream * overlap DURATION;                # make-before-break time
+    pinstance NAME downstream IF subscribers P ...;            # its subscriber prefixes
 
     TABLE := table NAME | table { RULE ... }
     RULE  := [IF] "(" GROUP "|" SOURCE ")" | "(" table NAME ")" | "(" table { RULE ... } ")"
@@ -39,6 +48,43 @@ Defaults (what other modules rely on):
 
 Statements may come in any order (tables and instances may be used before they are
 defined). Every error is a ``ConfigError`` whose text is ``path:line:col: message``.
+
+Multiple upstreams (draft-ietf-pim-multiple-upstreams-reqs, the paper's section V). A file
+that uses none of the ``priority``/``select``/``default``/``takeover``/``revert``/
+``migrate``/``overlap`` statements keeps mcproxy's meaning (``rulematching``); one that uses
+any of them gives the instance a ``Selection`` (``Instance.selection``), and then every
+upstream is a *candidate*:
+
+- A candidate has an interface priority (default 0; higher wins) and selection records
+  ``(subscriber, source, group)``; each part is ``*`` (null, the default), an address or a
+  prefix ``P``. A candidate without ``select`` statements has the one record ``(* | * | *)``.
+- Channel-based selection matches ``source``/``group`` against the (S,G) or (*,G) asked
+  for; subscriber-based selection matches ``subscriber`` against the subscriber prefixes
+  of the downstream link the request came from: the ``subscribers`` option of that
+  downstream, or else the global prefixes configured on the interface. A record matches a
+  link when one of the link's prefixes lies inside its subscriber prefix. A record with a
+  source part matches only source-specific requests (INCLUDE, or the listed sources of an
+  EXCLUDE request when the part is a single address).
+- Precedence: a record with a subscriber prefix beats one without, then one with a source
+  prefix beats one without, then one with a group prefix beats one without (so
+  source+group > source > group > null); within the same kind the longer prefixes win
+  (subscriber, then source, then group length); then the higher interface priority; all
+  candidates still tied are selected together (robust reception).
+- Only usable candidates take part: the link is up and, with ``takeover no-querier T``, a
+  query was heard within T (``takeover off``: always usable). When no usable candidate has
+  a matching record the request goes to the ``default`` upstream, or without one to the
+  usable candidate with the highest priority and then the highest address.
+- ``revert``: when a better candidate becomes usable again, existing subscriptions move
+  back at once (``immediate``, the default), stay where they are (``never``), or the
+  candidate is used again only once it has been usable for DURATION (``after``).
+- ``migrate``: when a reload changes where a subscription goes, existing subscriptions keep
+  their upstream until they end (``keep``, the default), move at once (``move``), or move
+  after DURATION. New subscriptions always follow the new configuration.
+- Every move that is not a failure is make-before-break: the old upstream stays joined for
+  ``overlap`` (default 1s; 0 switches at once).
+- ``rulematching in`` does not combine with selection (an error); ``rulematching out`` and
+  the filters keep their meaning (a candidate whose ``in`` filter refuses a request is not
+  used for it).
 """
 
 from __future__ import annotations
@@ -46,9 +92,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +103,12 @@ from proxy.timers import PROFILES, Timers, with_overrides
 
 __all__ = [
     "AUTO_TABLE_BASE",
+    "CATCH_ALL",
+    "Candidate",
+    "Selection",
+    "SelectionRecord",
+    "SwitchPolicy",
+    "Takeover",
     "DEFAULT_PROTOCOL",
     "DEFAULT_RULE_MATCHING",
     "DEFAULT_TABLE",
@@ -224,12 +276,143 @@ DEFAULT_RULE_MATCHING: dict[str, RuleMatching] = {
 }
 
 
+Network = IPv4Network | IPv6Network
+
+
 @dataclass(frozen=True)
 class DownstreamOptions:
-    """Per-downstream router settings (RFC 4605 §4.1 P2 version, §3 P7 querier election)."""
+    """Per-downstream router settings (RFC 4605 §4.1 P2 version, §3 P7 querier election).
+
+    ``subscribers``: the subscriber prefixes of the link for subscriber-based upstream
+    selection; empty means "the prefixes configured on the interface".
+    """
 
     version: int
     querier_election: bool = True
+    subscribers: tuple[Network, ...] = ()
+
+
+def _match_length(match: AddressMatch) -> int:
+    if match.kind == "any":
+        return 0
+    if match.kind == "prefix":
+        assert match.prefixlen is not None
+        return match.prefixlen
+    assert match.first is not None
+    return match.first.max_prefixlen
+
+
+_ANY = AddressMatch("any")
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """One record of a candidate upstream: (subscriber, source, group); ``*`` is null."""
+
+    subscriber: AddressMatch = _ANY
+    source: AddressMatch = _ANY
+    group: AddressMatch = _ANY
+
+    def specificity(self) -> tuple[int, ...]:
+        """Sort key, larger is more specific: which parts are set, then their lengths.
+
+        Subscriber before source before group (draft §4.1-4.2: a subscriber prefix wins, a
+        source prefix beats a group prefix, source+group beats group only); longest prefix
+        inside the same kind (left open by the draft).
+        """
+        parts = (self.subscriber, self.source, self.group)
+        return tuple(int(p.kind != "any") for p in parts) + tuple(map(_match_length, parts))
+
+    def matches(
+        self, subscribers: tuple[Network, ...], source: Address | None, group: Address
+    ) -> bool:
+        """Whether a request for (source or any source, group) from a link with the prefixes
+        ``subscribers`` falls under this record."""
+        if not self.group.matches(group):
+            return False
+        if self.source.kind != "any" and (source is None or not self.source.matches(source)):
+            return False
+        if self.subscriber.kind == "any":
+            return True
+        return any(
+            self.subscriber.matches(net.network_address)
+            and self.subscriber.matches(net.broadcast_address)
+            for net in subscribers
+        )
+
+    def __str__(self) -> str:
+        words = [
+            f"{name} {part}"
+            for name, part in (
+                ("subscriber", self.subscriber),
+                ("source", self.source),
+                ("group", self.group),
+            )
+            if part.kind != "any"
+        ]
+        return " ".join(words) or "*"
+
+
+#: The record of a candidate without ``select`` statements: everything, least specific.
+CATCH_ALL = SelectionRecord()
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """When a candidate stops being usable: ``off`` (never), ``link-down``, or
+    ``no-querier`` (link down, or no query heard for ``timeout`` seconds)."""
+
+    trigger: Literal["off", "link-down", "no-querier"] = "link-down"
+    timeout: float | None = None
+
+    def __str__(self) -> str:
+        if self.trigger == "no-querier":
+            return f"no-querier {_number(self.timeout or 0)}s"
+        return self.trigger
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate upstream: interface priority, selection records and takeover trigger."""
+
+    ifname: str
+    priority: int = 0
+    records: tuple[SelectionRecord, ...] = ()
+    takeover: Takeover = Takeover()
+
+    @property
+    def effective_records(self) -> tuple[SelectionRecord, ...]:
+        return self.records or (CATCH_ALL,)
+
+
+@dataclass(frozen=True)
+class SwitchPolicy:
+    """``revert`` (immediate | never | after) or ``migrate`` (keep | move | after)."""
+
+    mode: str
+    delay: float | None = None
+
+    def __str__(self) -> str:
+        return f"after {_number(self.delay or 0)}s" if self.mode == "after" else self.mode
+
+
+DEFAULT_REVERT = SwitchPolicy("immediate")
+DEFAULT_MIGRATE = SwitchPolicy("keep")
+DEFAULT_OVERLAP = 1.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Multiple-upstream selection of an instance: one ``Candidate`` per upstream, in order."""
+
+    candidates: tuple[Candidate, ...]
+    default: str | None = None
+    revert: SwitchPolicy = DEFAULT_REVERT
+    migrate: SwitchPolicy = DEFAULT_MIGRATE
+    overlap: float = DEFAULT_OVERLAP
+
+    def candidate(self, ifname: str) -> Candidate | None:
+        return next((c for c in self.candidates if c.ifname == ifname), None)
 
 
 @dataclass(frozen=True)
@@ -252,6 +435,7 @@ class Instance:
         default_factory=lambda: dict(DEFAULT_RULE_MATCHING)
     )
     downstream_options: dict[str, DownstreamOptions] = field(default_factory=dict)
+    selection: Selection | None = None  # None: mcproxy's rule matching
 
     def interfaces(self) -> tuple[str, ...]:
         """Upstreams, downstreams and peering interfaces, in that order."""
@@ -517,6 +701,28 @@ class _OptionStmt:
     value_tok: _Token
 
 
+@dataclass(frozen=True)
+class _UpstreamStmt:
+    """``pinstance NAME upstream IF|* KEY ...`` for the multiple-upstream keys."""
+
+    kw: _Token
+    inst: _Name
+    ifname: _Name
+    key: str  # priority | select | default | takeover | revert | migrate | overlap
+    key_tok: _Token
+    value: object
+    value_tok: _Token
+
+
+@dataclass(frozen=True)
+class _SubscribersStmt:
+    kw: _Token
+    inst: _Name
+    ifname: _Name
+    key_tok: _Token
+    prefixes: tuple[_Part, ...]
+
+
 def _seconds(text: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)?", text.lower())
     if m is None:
@@ -564,7 +770,14 @@ _Stmt = (
     | _PeeringStmt
     | _TimersStmt
     | _OptionStmt
+    | _UpstreamStmt
+    | _SubscribersStmt
 )
+
+_UPSTREAM_KEYS = ("priority", "select", "default", "takeover", "revert", "migrate", "overlap")
+_SELECT_PARTS = ("subscriber", "source", "group")
+_SWITCH_MODES = {"revert": ("immediate", "never", "after"), "migrate": ("keep", "move", "after")}
+_MAX_PRIORITY = 65535
 
 
 class _Parser:
@@ -805,7 +1018,7 @@ class _Parser:
             return self.direction_binding(kw, inst, role_tok, ifname)
         if role == "downstream":
             return self.downstream_option(kw, inst, ifname)
-        raise self.expected(_alternatives(("in", "out")))
+        return self.upstream_option(kw, inst, ifname)
 
     def direction_binding(
         self, kw: _Token, inst: _Name, role_tok: _Token, ifname: _Name
@@ -835,16 +1048,70 @@ class _Parser:
             kw, inst, role, role_tok, ifname, direction, dir_tok, mode, mode_tok, timeout
         )
 
-    def downstream_option(self, kw: _Token, inst: _Name, ifname: _Name) -> _OptionStmt:
-        options = ("in", "out", "version", "querier-election")
+    def option_key(self, options: tuple[str, ...]) -> tuple[str, _Token]:
         if self.tok.kind != "word":
             raise self.expected(_alternatives(options))
         key, key_tok = self.glue(_KEY_GLUE)
         key = key.lower()
         if key not in options:
             raise self.error(key_tok, f"expected {_alternatives(options)}, found '{key}'")
+        return key, key_tok
+
+    def duration(self, what: str) -> tuple[float, _Token]:
+        if self.tok.kind != "word":
+            raise self.expected(f"a duration for '{what}'")
+        text, tok = self.glue(_VALUE_GLUE)
+        try:
+            return _seconds(text), tok
+        except ValueError as exc:
+            raise self.error(tok, f"bad value '{text}' for '{what}': {exc}") from None
+
+    def upstream_option(self, kw: _Token, inst: _Name, ifname: _Name) -> _UpstreamStmt:
+        key, key_tok = self.option_key(("in", "out", *_UPSTREAM_KEYS))
+        value_tok = self.tok
+        value: object = None
+        if key == "priority":
+            if value_tok.kind != "word" or not value_tok.text.isdigit():
+                raise self.expected("a priority (0 to 65535)")
+            value = int(self.advance().text)
+            if value > _MAX_PRIORITY:
+                raise self.error(value_tok, f"priority {value} out of range 0..{_MAX_PRIORITY}")
+        elif key == "select":
+            parts: dict[str, tuple[_Part, _Token]] = {}
+            while self.tok.kind == "word" and self.tok.text.lower() in _SELECT_PARTS:
+                part_tok = self.advance()
+                name = part_tok.text.lower()
+                if name in parts:
+                    raise self.error(part_tok, f"'{name}' given twice in one record")
+                parts[name] = (self.part(f"{name} prefix"), part_tok)
+            if self.tok.kind != ";" and not parts:
+                raise self.expected(f"{_alternatives(_SELECT_PARTS)} or ';'")
+            value = parts
+        elif key == "takeover":
+            trigger, _ = self.option_key(("off", "link-down", "no-querier"))
+            value = (trigger, self.duration(key)[0] if trigger == "no-querier" else None)
+        elif key in _SWITCH_MODES:
+            mode, _ = self.option_key(_SWITCH_MODES[key])
+            value = (mode, self.duration(key)[0] if mode == "after" else None)
+        elif key == "overlap":
+            value = self.duration(key)[0]
+        self.end()
+        return _UpstreamStmt(kw, inst, ifname, key, key_tok, value, value_tok)
+
+    def downstream_option(
+        self, kw: _Token, inst: _Name, ifname: _Name
+    ) -> _OptionStmt | _SubscribersStmt:
+        key, key_tok = self.option_key(("in", "out", "version", "querier-election", "subscribers"))
         if ifname.wildcard:
             raise self.error(ifname.tok, f"'{key}' needs a downstream name, not '*'")
+        if key == "subscribers":
+            prefixes = []
+            while self.tok.kind != ";" and self.tok.kind != "eof" and not self.at_new_statement():
+                prefixes.append(self.part("subscriber prefix"))
+            if not prefixes:
+                raise self.expected("a subscriber prefix")
+            self.end()
+            return _SubscribersStmt(kw, inst, ifname, key_tok, tuple(prefixes))
         value_tok = self.tok
         if key == "version":
             if value_tok.kind != "word" or not value_tok.text.isdigit():
@@ -924,6 +1191,11 @@ class _InstanceDraft:
     rule_matching: dict[str, tuple[RuleMatching, _Token]] = field(default_factory=dict)
     peerings: list[str] = field(default_factory=list)
     options: dict[tuple[str, str], tuple[int | bool, _Token]] = field(default_factory=dict)
+    subscribers: dict[str, tuple[tuple[Network, ...], _Token]] = field(default_factory=dict)
+    # multiple upstreams: (ifname or "*", key) -> (value, token); records per upstream
+    upstream: dict[tuple[str, str], tuple[object, _Token]] = field(default_factory=dict)
+    records: dict[str, list[tuple[SelectionRecord, _Token]]] = field(default_factory=dict)
+    selection_kw: _Token | None = None
     profile: tuple[str, _Token] | None = None
     overrides: dict[str, float | int] = field(default_factory=dict)
     timers_kw: _Token | None = None
@@ -1088,6 +1360,9 @@ class _Builder:
             direction: d.rule_matching[direction][0] if direction in d.rule_matching else default
             for direction, default in DEFAULT_RULE_MATCHING.items()
         }
+        for ifname, (prefixes, _tok) in d.subscribers.items():
+            options[ifname] = replace(options[ifname], subscribers=prefixes)
+        selection = self.selection(d)
         assert d.table_id is not None
         return Instance(
             name=d.name,
@@ -1100,6 +1375,40 @@ class _Builder:
             filters=tuple(binding for binding, _ in d.filters.values()),
             rule_matching=rule_matching,
             downstream_options=options,
+            selection=selection,
+        )
+
+    def selection(self, d: _InstanceDraft) -> Selection | None:
+        if d.selection_kw is None:
+            return None
+        if "in" in d.rule_matching:
+            tok = d.rule_matching["in"][1]
+            raise self.error(
+                tok,
+                f"'rulematching in' cannot be combined with upstream selection "
+                f"(line {d.selection_kw.line}); remove one of them",
+            )
+
+        def value(ifname: str, key: str, default: object) -> object:
+            return d.upstream[(ifname, key)][0] if (ifname, key) in d.upstream else default
+
+        every = value("*", "takeover", Takeover())
+        candidates = tuple(
+            Candidate(
+                ifname=up.text,
+                priority=int(value(up.text, "priority", 0)),  # type: ignore[call-overload]
+                records=tuple(r for r, _ in d.records.get(up.text, [])),
+                takeover=value(up.text, "takeover", every),  # type: ignore[arg-type]
+            )
+            for up in d.stmt.upstreams
+        )
+        defaults = [name for (name, key) in d.upstream if key == "default"]
+        return Selection(
+            candidates=candidates,
+            default=defaults[0] if defaults else None,
+            revert=value("*", "revert", DEFAULT_REVERT),  # type: ignore[arg-type]
+            migrate=value("*", "migrate", DEFAULT_MIGRATE),  # type: ignore[arg-type]
+            overlap=float(value("*", "overlap", DEFAULT_OVERLAP)),  # type: ignore[arg-type]
         )
 
     # tables
@@ -1237,12 +1546,91 @@ class _Builder:
             )
         d.options[key] = (s.value, s.key_tok)
 
+    def prefix(self, part: _Part, what: str) -> AddressMatch:
+        """A selection part: '*', an address or a prefix (no ranges: they have no length)."""
+        if part.kind == "range":
+            raise self.error(part.lo.tok, f"a {what} is '*', an address or a prefix, not a range")
+        return self.match(part)
+
+    def apply_upstream(self, s: _UpstreamStmt) -> None:
+        d = self.draft(s.inst)
+        self.check_member(d, "upstream", s.ifname)
+        whole = s.key in ("revert", "migrate", "overlap")
+        if whole and not s.ifname.wildcard:
+            raise self.error(
+                s.key_tok, f"'{s.key}' applies to the whole instance: write 'upstream * {s.key}'"
+            )
+        if s.ifname.wildcard and s.key in ("priority", "select", "default"):
+            raise self.error(s.ifname.tok, f"'{s.key}' needs an upstream name, not '*'")
+        if d.selection_kw is None or s.kw.start < d.selection_kw.start:
+            d.selection_kw = s.kw
+        if s.key == "select":
+            parts = s.value
+            assert isinstance(parts, dict)
+            record = SelectionRecord(
+                **{name: self.prefix(part, f"{name} prefix") for name, (part, _) in parts.items()}
+            )
+            have = d.records.setdefault(s.ifname.text, [])
+            for other, tok in have:
+                if other == record:
+                    raise self.error(
+                        s.key_tok,
+                        f"upstream '{s.ifname.text}' already has the record '{record}' "
+                        f"(line {tok.line})",
+                    )
+            have.append((record, s.key_tok))
+            return
+        if s.key == "default":
+            for (name, key), (_, tok) in d.upstream.items():
+                if key == "default":
+                    raise self.error(
+                        s.key_tok, f"the default upstream is already '{name}' (line {tok.line})"
+                    )
+        key = (s.ifname.text, s.key)
+        if key in d.upstream:
+            where = "upstream *" if s.ifname.wildcard else f"upstream '{s.ifname.text}'"
+            raise self.error(
+                s.key_tok, f"{s.key} of {where} is already set on line {d.upstream[key][1].line}"
+            )
+        value: object = s.value
+        if s.key == "takeover":
+            trigger, timeout = s.value  # type: ignore[misc]
+            if trigger == "no-querier" and not timeout:
+                raise self.error(s.value_tok, "the no-querier time must be positive")
+            value = Takeover(trigger, timeout)
+        elif s.key in _SWITCH_MODES:
+            mode, delay = s.value  # type: ignore[misc]
+            if mode == "after" and not delay:
+                raise self.error(s.value_tok, f"the {s.key} delay must be positive")
+            value = SwitchPolicy(mode, delay)
+        d.upstream[key] = (value, s.key_tok)
+
+    def apply_subscribers(self, s: _SubscribersStmt) -> None:
+        d = self.draft(s.inst)
+        self.check_member(d, "downstream", s.ifname)
+        if s.ifname.text in d.subscribers:
+            line = d.subscribers[s.ifname.text][1].line
+            raise self.error(
+                s.key_tok,
+                f"subscribers of downstream '{s.ifname.text}' are already set on line {line}",
+            )
+        nets = []
+        for part in s.prefixes:
+            match = self.prefix(part, "subscriber prefix")
+            if match.kind == "any":
+                raise self.error(part.lo.tok, "a subscriber prefix cannot be '*'")
+            assert match.first is not None
+            nets.append(ip_network(f"{match.first}/{_match_length(match)}"))
+        d.subscribers[s.ifname.text] = (tuple(nets), s.key_tok)
+
     APPLY: dict[type, Callable[[_Builder, _Stmt], None]] = {
         _FilterStmt: apply_filter,
         _RuleMatchingStmt: apply_rule_matching,
         _PeeringStmt: apply_peering,
         _TimersStmt: apply_timers,
         _OptionStmt: apply_option,
+        _UpstreamStmt: apply_upstream,
+        _SubscribersStmt: apply_subscribers,
     }
 
 
@@ -1319,6 +1707,33 @@ def _render_table(table: Table, config: Config) -> str:
     return "table {" + " ".join(_render_rule(r) for r in table.rules) + "}"
 
 
+def _render_selection(p: str, sel: Selection) -> list[str]:
+    out = []
+    for c in sel.candidates:
+        up = f"{p} upstream {_q(c.ifname)}"
+        if c.priority:
+            out.append(f"{up} priority {c.priority};")
+        for record in c.records:
+            parts = "" if record == CATCH_ALL else f" {record}"
+            out.append(f"{up} select{parts};")
+        if sel.default == c.ifname:
+            out.append(f"{up} default;")
+        if c.takeover != Takeover():
+            out.append(f"{up} takeover {c.takeover};")
+    for key, value, default in (
+        ("revert", sel.revert, DEFAULT_REVERT),
+        ("migrate", sel.migrate, DEFAULT_MIGRATE),
+    ):
+        if value != default:
+            out.append(f"{p} upstream * {key} {value};")
+    if sel.overlap != DEFAULT_OVERLAP:
+        out.append(f"{p} upstream * overlap {_number(sel.overlap)}s;")
+    if not out:
+        # Every value is a default: one statement still says that selection is on.
+        out.append(f"{p} upstream * revert {sel.revert};")
+    return out
+
+
 def render(config: Config) -> str:
     """Write ``config`` in the grammar, leaving defaults out.
 
@@ -1361,4 +1776,9 @@ def render(config: Config) -> str:
                 out.append(f"{p} downstream {_q(ifname)} version {opts.version};")
             if not opts.querier_election:
                 out.append(f"{p} downstream {_q(ifname)} querier-election off;")
+            if opts.subscribers:
+                nets = " ".join(map(str, opts.subscribers))
+                out.append(f"{p} downstream {_q(ifname)} subscribers {nets};")
+        if inst.selection is not None:
+            out += _render_selection(p, inst.selection)
     return "\n".join(out) + "\n"

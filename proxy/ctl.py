@@ -40,6 +40,30 @@ def render_text(reply: dict) -> str:
             lines.append(f"  {i['role']:<10} {name:<16} {state:<6} vif {i['vif']}{qs}")
             for g, rec in sorted((q or {}).get("groups", {}).items()):
                 lines.append(f"      group {g}: {rec.get('mode')} {rec.get('sources', '')}")
+        sel = inst.get("selection")
+        queriers = inst.get("upstream_queriers", {})
+        if sel:
+            lines.append(
+                f"  upstream selection: revert {sel['revert']}, migrate {sel['migrate']}, "
+                f"overlap {sel['overlap']}s, default {sel['default'] or '-'}"
+            )
+            for c in sel["candidates"]:
+                q = queriers.get(c["interface"])
+                heard = f"  querier {q['querier']} {q['age']}s ago" if q else ""
+                lines.append(
+                    f"    candidate {c['interface']:<12} priority {c['priority']:<5} "
+                    f"{c['state']}  takeover {c['takeover']}{heard}"
+                )
+                for r in c["records"]:
+                    lines.append(f"        select {r}{'  (default)' if c['default'] else ''}")
+            for ch in sel["channels"]:
+                lines.append(
+                    f"    request ({ch['source']}, {ch['group']}) from {ch['downstream']} -> "
+                    f"{', '.join(ch['upstreams']) or '-'}: {ch['why']}"
+                )
+        else:
+            for name, q in queriers.items():
+                lines.append(f"  upstream {name}: querier {q['querier']} {q['age']}s ago")
         for m in inst["upstream"]:
             lines.append(f"  joined {m['group']} on {m['interface']}: {m['state']}")
         for e in inst["mfc"]:
@@ -47,6 +71,14 @@ def render_text(reply: dict) -> str:
                 f"  mfc ({e['source']}, {e['group']}) {e['iif']} -> {', '.join(e['oifs']) or '-'}"
                 f"  {e['packets']} pkts"
             )
+            if "upstreams" in e:
+                mirrored = "  (arrives on several upstreams)" if e.get("mirrored") else ""
+                lines.append(f"      served by {', '.join(e['upstreams']) or '-'}{mirrored}")
+                for w in e["why"]:
+                    lines.append(
+                        f"      {w['downstream']} {w['request']} -> "
+                        f"{', '.join(w['upstreams']) or '-'}: {w['why']}"
+                    )
     return "\n".join(lines)
 
 
@@ -64,10 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         sp = sub.add_parser(name)
         sp.add_argument("instance")
         sp.add_argument("interface")
+    sp = sub.add_parser(
+        "migrate", help="move subscriptions kept on their old upstream to the selected one now"
+    )
+    sp.add_argument("instance")
+    sp.add_argument("group", nargs="?", help="only this group (default: every group)")
     args = p.parse_args(argv)
     req = {"cmd": args.cmd or "show"}
     if args.cmd in ("add-downstream", "remove-downstream"):
         req |= {"instance": args.instance, "interface": args.interface}
+    if args.cmd == "migrate":
+        req |= {"instance": args.instance, "group": args.group}
     try:
         reply = request(args.socket, req)
     except OSError as exc:

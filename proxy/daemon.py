@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 from collections import Counter
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, ip_address
 
 from proxy import config as configmod
 from proxy.events import EventLog
@@ -149,7 +149,7 @@ class Daemon:
             return {"ok": False, "error": "protocol changes need a restart"}
         old = {i.name: i for i in self.cfg.instances}
         fresh = {i.name: i for i in new.instances}
-        changed = []
+        changed, details = [], {}
         for name in old.keys() - fresh.keys():
             self._stop_instance(name)
             changed.append(f"-{name}")
@@ -158,19 +158,23 @@ class Daemon:
                 self._start_instance(icfg)
                 changed.append(f"+{name}")
             elif icfg != old[name]:
-                self._update_instance(old[name], icfg)
+                details[name] = self._update_instance(old[name], icfg)
                 changed.append(f"~{name}")
         self.cfg = new
-        log.info("reloaded %s: %s", path, " ".join(changed) or "no change")
-        return {"ok": True, "changed": changed}
+        what = " ".join(
+            f"{c}({','.join(details[c[1:]])})" if c[1:] in details else c for c in changed
+        )
+        log.info("reloaded %s: %s", path, what or "no change")
+        return {"ok": True, "changed": changed, "details": details}
 
-    def _update_instance(self, old: configmod.Instance, new: configmod.Instance) -> None:
+    def _update_instance(self, old: configmod.Instance, new: configmod.Instance) -> list[str]:
+        """Apply an instance's new configuration: in place, unless its kernel table moved."""
         inst = self.instances[new.name]
-        if old.table_id != new.table_id or old.timers != new.timers:
+        if old.table_id != new.table_id:
             self._stop_instance(new.name)
             self._start_instance(new)
-            return
-        inst.reconfigure(new, self.links)
+            return ["table_id (restarted)"]
+        return inst.reconfigure(new, self.links)
 
     # --- control socket -----------------------------------------------------------------------
 
@@ -223,11 +227,19 @@ class Daemon:
             else:
                 inst.remove_interface(ifname)
             return {"ok": True}
+        if cmd == "migrate":
+            inst = self.instances.get(req["instance"])
+            if inst is None:
+                return {"ok": False, "error": f"no instance {req['instance']!r}"}
+            if inst.selector is None:
+                return {"ok": False, "error": f"instance {inst.name!r} has no upstream selection"}
+            group = ip_address(req["group"]) if req.get("group") else None
+            return {"ok": True, "moved": inst.selector.release(group)}
         if cmd == "stop":
             self.stop()
             return {"ok": True}
         return {
             "ok": False,
             "error": f"unknown command {cmd!r} "
-            "(show, reload, add-downstream, remove-downstream, stop)",
+            "(show, reload, add-downstream, remove-downstream, migrate, stop)",
         }

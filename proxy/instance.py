@@ -4,6 +4,13 @@ The instance glues the pure state machines (``querier``, ``routing``) to the ker
 (``kernel``, ``upstream``, ``wire``). Every change of a downstream's forwarding view ends in
 ``refresh(group)``, which recomputes the upstream subscriptions and the output interfaces
 of every (S,G) entry of that group, so running flows follow joins and leaves at once.
+
+With multiple-upstream selection (``proxy.selection``) ``refresh`` also moves an (S,G)
+entry whose parent upstream is no longer selected for it to one that is (takeover, end of
+a migration): new joins are made first, then entries are moved, then old upstreams are
+left. Robust reception needs nothing more: every tied upstream is joined, the kernel
+accepts the copy arriving on the entry's parent and drops the others (its RPF check), and
+when the parent's link goes down the entry moves to a tied upstream at once.
 """
 
 from __future__ import annotations
@@ -11,17 +18,18 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from proxy import kernel, netlink
 from proxy.clock import Scheduler
-from proxy.config import Instance
+from proxy.config import Instance, Network
 from proxy.kernel import MrouteTable, Upcall, UpcallType
-from proxy.membership import MembershipState
+from proxy.membership import NO_INTEREST, MembershipState
 from proxy.messages import Address, Message, Query
 from proxy.netlink import LinkState
 from proxy.querier import Querier
 from proxy.routing import Policy, Role
+from proxy.selection import UpstreamSelector
 from proxy.upstream import HostMemberships
 from proxy.wire import QuerySender, join_router_groups
 
@@ -37,6 +45,14 @@ class Tunables:
     poll_interval: float = 0.1  # MFC counter polling
     idle_timeout: float = 60.0  # delete (S,G) entries without packets for this long
     peering_source_timeout: float = 0.05  # RFC 7287 §5.4: revoke the upstream filter
+    # Under upstream selection a flow that keeps arriving on another upstream than its
+    # (selected) parent is only treated as moved after this long: a switch or migration
+    # leaves the old upstream's copies flowing for a moment.
+    moved_grace: float = 1.0
+    # A flow seen on more than one interface within this time counts as mirrored (the
+    # same channel on several upstreams): any subscription to it may be served from it.
+    mirrored_hold: float = 1.0
+    prefix_refresh: float = 5.0  # re-read downstream subscriber prefixes
 
 
 def is_routable_group(group: Address) -> bool:
@@ -78,6 +94,24 @@ class ProxyInstance:
         self.counters: Counter = Counter()
         self._idle: dict[tuple[Address, Address], float] = {}
         self._poll_handle = None
+        self.selector = self._make_selector(cfg)
+        # Upstream side: the querier last heard on each upstream (address, loop time).
+        self.upstream_queriers: dict[str, tuple[Address, float]] = {}
+        self._subs: dict[Address, dict[str, MembershipState]] = {}
+        self._prefixes: dict[str, tuple[Network, ...]] = {}
+        self._prefixes_read = 0.0
+        self._mirrored: dict[tuple[Address, Address], float] = {}
+        self._misplaced_since: dict[tuple[Address, Address], float] = {}
+        self._carrier_lost: set[str] = set()  # upstreams taken down by _check_carriers
+
+    def _make_selector(self, cfg: Instance) -> UpstreamSelector | None:
+        if cfg.selection is None:
+            return None
+        selector = UpstreamSelector(cfg.selection, self.scheduler, self._selection_changed)
+        for name in cfg.upstreams:
+            if self.links.get(name, _DOWN).up:
+                selector.set_link(name, True)
+        return selector
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -91,6 +125,8 @@ class ProxyInstance:
         """Leave upstream groups, remove MFC entries, vifs and mrules."""
         if self._poll_handle:
             self._poll_handle.cancel()
+        if self.selector:
+            self.selector.stop()
         for q in self.queriers.values():
             q.stop()
         self.host.close()
@@ -120,25 +156,61 @@ class ProxyInstance:
         self.queriers.pop(ifname, None)
         kernel.mrule_del(self.family, ifname, self.cfg.table_id)
 
-    def reconfigure(self, cfg: Instance, links: dict[str, LinkState]) -> None:
-        """Apply a changed configuration in place: only changed interfaces are touched."""
-        new_policy = Policy(cfg)
-        for ifname, role in list(self.policy.roles.items()):
-            if new_policy.roles.get(ifname) is not role:
+    def reconfigure(self, cfg: Instance, links: dict[str, LinkState]) -> list[str]:
+        """Apply a changed configuration in place and return what changed.
+
+        Only the difference is applied: interfaces the change removes (or whose role or
+        router version changes) are taken down, new ones come up, interfaces added at
+        runtime stay, timers apply from the next query, and every group is recomputed, which
+        touches only the upstream memberships and MFC entries whose outcome changed.
+        Subscriptions that a selection change moves follow ``migrate``.
+        """
+        old = self.cfg
+        changed = [f.name for f in fields(Instance) if getattr(old, f.name) != getattr(cfg, f.name)]
+        old_roles, new_policy = Policy(old).roles, Policy(cfg)
+
+        def router_opts(inst: Instance, ifname: str) -> tuple:
+            opts = inst.downstream_options.get(ifname)
+            return (opts.version, opts.querier_election) if opts else ()
+
+        for ifname, role in old_roles.items():
+            touched = new_policy.roles.get(ifname) is not role or (
+                role is Role.DOWNSTREAM and router_opts(old, ifname) != router_opts(cfg, ifname)
+            )
+            if touched and ifname in self.policy.roles:
                 self.remove_interface(ifname)
+        runtime = [n for n, r in self.policy.roles.items() if n not in old_roles]
+        present = set(self.policy.roles)
         self.cfg = cfg
-        added = [n for n in new_policy.roles if n not in self.policy.roles]
         self.policy = new_policy
-        for ifname in added:
-            kernel.mrule_add(self.family, ifname, cfg.table_id)
-            self.link_changed(links.get(ifname, LinkState(ifname, 0, False, False)))
+        for ifname in runtime:
+            if ifname not in self.policy.roles:
+                self.policy.add_downstream(ifname)
+        if old.timers != cfg.timers:
+            for q in self.queriers.values():
+                q.set_timers(cfg.timers)
+        if old.selection != cfg.selection:
+            if self.selector is not None and cfg.selection is not None:
+                self.selector.reconfigure(cfg.selection)
+            else:
+                if self.selector is not None:
+                    self.selector.stop()
+                self.selector = self._make_selector(cfg)
+        for ifname in self.policy.roles:
+            if ifname not in present:
+                kernel.mrule_add(self.family, ifname, cfg.table_id)
+                self.link_changed(links.get(ifname, LinkState(ifname, 0, False, False)))
+        self._read_prefixes()
         for group in self.groups():
             self.refresh(group)
+        return changed
 
     def link_changed(self, st: LinkState) -> None:
         role = self.policy.roles.get(st.ifname)
         if role is None:
             return
+        if st.up:
+            self._carrier_lost.discard(st.ifname)
         prev = self.links.get(st.ifname) or LinkState(st.ifname, 0, False, False)
         self.links[st.ifname] = st
         if prev.up and (not st.up or st.ifindex != prev.ifindex):
@@ -154,18 +226,32 @@ class ProxyInstance:
         self.log.info("link up: %s (%s)", ifname, role.value)
         self.emit("proxy_link_up", ifname)
         self.addresses[ifname] = netlink.own_address(self.family, ifname)
+        if role is Role.DOWNSTREAM:
+            self._prefixes[ifname] = netlink.prefixes(self.family, ifname)
         if role is not Role.UPSTREAM:
             q = self.queriers.get(ifname) or self._make_querier(ifname)
             q.own_address = self.addresses[ifname] or q.own_address
             q.start()
-        if role is not Role.DOWNSTREAM:
+        if role is Role.UPSTREAM and self.selector:
+            self.selector.set_link(ifname, True)
+            self._upstream_event(ifname, "usable" if self.selector.usable(ifname) else "up")
+            self._reselect(None)
+        elif role is not Role.DOWNSTREAM:
             for group in self.groups():
                 self._apply_subscriptions(group)
 
     def _link_down(self, ifname: str, role: Role, gone: bool) -> None:
+        if role is Role.UPSTREAM and self.selector:
+            self._move_off(ifname)
         self.log.info("link %s: %s (%s)", "gone" if gone else "down", ifname, role.value)
         self.emit("proxy_link_down", ifname)
         vif = self.table.vifs.get(ifname)
+        if role is Role.UPSTREAM and self.selector:
+            # Takeover: select again without this upstream first, so that flows it was the
+            # parent of move to a tied (robust reception) or newly joined upstream at once.
+            if self.selector.set_link(ifname, False):
+                self._upstream_event(ifname, "failed: link down")
+            self._reselect(None)
         if vif:
             # Flows that entered here (a source that left) must be re-learned elsewhere.
             for key, entry in list(self.table.mfc.items()):
@@ -176,6 +262,27 @@ class ProxyInstance:
         if gone:
             self.host.forget_interface(ifname)
             self.table.del_vif(ifname)
+
+    def _move_off(self, ifname: str) -> None:
+        """Robust reception's fast path: move the flows whose parent just failed to another
+        upstream already joined for them, before anything else is done. Until the entry
+        moves, the kernel drops the other upstream's copies (its RPF check), so this time
+        is the only loss of a switch between tied upstreams."""
+        vif = self.table.vifs.get(ifname)
+        if vif is None:
+            return
+        for (source, group), entry in list(self.table.mfc.items()):
+            if entry.parent != vif.index:
+                continue
+            other = next((u for u in self._selected(source, group) if u != ifname), None)
+            if other is not None:
+                new_parent = self.table.vifs[other].index
+                self.table.set_mfc(source, group, new_parent, entry.oifs - {new_parent})
+                self.counters["mfc_moved"] += 1
+                self.emit("mfc_moved", f"({source},{group}) {ifname} => {other}")
+                self.log.info(
+                    "(%s, %s) now taken from %s (%s failed)", source, group, other, ifname
+                )
 
     def _make_querier(self, ifname: str) -> Querier:
         opts = self.cfg.downstream_options.get(ifname)
@@ -211,6 +318,13 @@ class ProxyInstance:
             self.counters[f"rx_{type(msg).__name__.lower()}"] += 1
             self.emit("report_received" if not isinstance(msg, Query) else "query_received", ifname)
             self.queriers[ifname].receive(msg, src)
+        elif role is Role.UPSTREAM and isinstance(msg, Query):
+            # The host stack answers it; we only note that the upstream has a querier.
+            self.counters["rx_upstream_query"] += 1
+            self.upstream_queriers[ifname] = (src, self.scheduler.time())
+            if self.selector and self.selector.query_heard(ifname, src):
+                self._upstream_event(ifname, "usable (querier heard)")
+                self._reselect(None)
         else:
             self.counters["rx_upstream_ignored"] += 1
 
@@ -232,6 +346,10 @@ class ProxyInstance:
                 self._install(up.source, up.group, vif.ifname)
 
     def _install(self, source: Address, group: Address, iif: str) -> None:
+        if self.selector and self.policy.roles.get(iif) is Role.UPSTREAM:
+            # Data from an upstream not selected for it (a leftover flow of a switch, or
+            # another provider's copy) does not take the entry: a selected upstream does.
+            iif = self._preferred_parent(source, group, iif)
         vif = self.table.vifs[iif]
         oifs = self._oif_indexes(iif, source, group)
         self.table.set_mfc(source, group, vif.index, oifs)
@@ -251,6 +369,8 @@ class ProxyInstance:
     def _delete_entry(self, source: Address, group: Address) -> None:
         self.table.del_mfc(source, group)
         self._idle.pop((source, group), None)
+        self._misplaced_since.pop((source, group), None)
+        self._mirrored.pop((source, group), None)
         if self.peered.get(group, {}).pop(source, None):
             self._apply_subscriptions(group)
 
@@ -267,8 +387,87 @@ class ProxyInstance:
         return q.forwards(source, group)
 
     def _oif_indexes(self, iif: str, source: Address, group: Address) -> frozenset[int]:
-        names = self.policy.oifs(iif, source, group, self._wants)
+        served = None
+        if self.selector and self.policy.roles.get(iif) is Role.UPSTREAM:
+            mirrored = self._is_mirrored(source, group)
+            selector = self.selector
+
+            def served(d: str) -> bool:
+                return selector.serves(d, source, group, iif, mirrored)
+
+        names = self.policy.oifs(iif, source, group, self._wants, served)
         return frozenset(self.table.vifs[n].index for n in names if n in self.table.vifs)
+
+    def _is_mirrored(self, source: Address, group: Address) -> bool:
+        seen = self._mirrored.get((source, group))
+        return seen is not None and self.scheduler.time() - seen <= self.tun.mirrored_hold
+
+    # --- multiple upstreams -----------------------------------------------------------------
+
+    def _selection_changed(self, groups: set[Address] | None) -> None:
+        """A selector timer changed a choice (querier lost, restore, end of a pin)."""
+        if self.selector:
+            for ifname in self.cfg.upstreams:
+                state = self.selector.state(ifname)
+                if state != "usable" and not state.startswith("failed: link"):
+                    self._upstream_event(ifname, state)
+        self._reselect(groups)
+
+    def _reselect(self, groups: set[Address] | None) -> None:
+        for group in sorted(self.groups() if groups is None else groups, key=str):
+            self.refresh(group)
+
+    def _upstream_event(self, ifname: str, state: str) -> None:
+        self.log.info("upstream %s: %s", ifname, state)
+        self.emit("upstream_state", f"{ifname} {state}")
+
+    def _read_prefixes(self) -> None:
+        self._prefixes_read = self.scheduler.time()
+        for ifname, role in self.policy.roles.items():
+            if role is Role.DOWNSTREAM and self.links.get(ifname, _DOWN).up:
+                self._prefixes[ifname] = netlink.prefixes(self.family, ifname)
+
+    def subscribers(self, downstream: str) -> tuple[Network, ...]:
+        """Subscriber prefixes of a downstream: configured, or else on the interface."""
+        opts = self.cfg.downstream_options.get(downstream)
+        if opts and opts.subscribers:
+            return opts.subscribers
+        return self._prefixes.get(downstream, ())
+
+    def _choose(self, downstream: str, source: Address | None, group: Address) -> frozenset:
+        assert self.selector is not None
+        return self.selector.choose(
+            downstream,
+            self.subscribers(downstream),
+            source,
+            group,
+            allowed=lambda u: self.policy.upstream_allows(u, source, group),
+            addresses=self.addresses,
+        )
+
+    def _selected(self, source: Address, group: Address) -> list[str]:
+        """Upstreams that are up and subscribed for (S,G), best first."""
+        subs = self._subs.get(group, {})
+        assert self.selector is not None
+        order = {name: i for i, name in enumerate(self.cfg.upstreams)}
+        ups = [
+            u
+            for u in self.policy.names(Role.UPSTREAM)
+            if subs.get(u, NO_INTEREST).allows(source)
+            and self.links.get(u, _DOWN).up
+            and u in self.table.vifs
+        ]
+
+        def rank(u: str) -> tuple[int, int]:
+            c = self.selector.candidate(u) if self.selector else None
+            return (-(c.priority if c else 0), order.get(u, 0))
+
+        return sorted(ups, key=rank)
+
+    def _preferred_parent(self, source: Address, group: Address, current: str) -> str:
+        """``current`` if it is selected for (S,G) (or nothing is), else the best that is."""
+        selected = self._selected(source, group)
+        return current if not selected or current in selected else selected[0]
 
     # --- membership changes --------------------------------------------------------------
 
@@ -288,23 +487,41 @@ class ProxyInstance:
         self.refresh(group)
 
     def refresh(self, group: Address) -> None:
-        """Recompute upstream subscriptions and the oifs of every (S,G) of ``group``."""
+        """Recompute upstream subscriptions and the oifs of every (S,G) of ``group``.
+
+        New memberships are set before entries move and old ones are left after, so that a
+        switch between upstreams is make-before-break as far as this host goes.
+        """
         if not is_routable_group(group):
             return
-        self._apply_subscriptions(group)
+        subs = self._subscriptions(group)
+        self._set_host(group, subs, joining=True)
         for (source, g), entry in list(self.table.mfc.items()):
             if g != group:
                 continue
             iif = self.table.vif_by_index(entry.parent)
             if iif is None:
                 continue
-            oifs = self._oif_indexes(iif.ifname, source, group)
-            if oifs != entry.oifs:
+            name = iif.ifname
+            if self.selector and self.policy.roles.get(name) is Role.UPSTREAM:
+                name = self._preferred_parent(source, group, name)
+            oifs = self._oif_indexes(name, source, group)
+            if name != iif.ifname:
+                self.table.set_mfc(source, group, self.table.vifs[name].index, oifs)
+                self._idle[(source, group)] = 0.0
+                self._misplaced_since.pop((source, group), None)
+                self.counters["mfc_moved"] += 1
+                self.log.info(
+                    "(%s, %s) now taken from %s (was %s)", source, group, name, iif.ifname
+                )
+                self.emit("mfc_moved", f"({source},{group}) {iif.ifname} => {name}")
+            elif oifs != entry.oifs:
                 self.table.set_mfc(source, group, entry.parent, oifs)
                 names = sorted(v.ifname for v in self.table.vifs.values() if v.index in oifs)
                 self.emit(
                     "mfc_updated", f"({source},{group}) {iif.ifname} -> {' '.join(names) or '-'}"
                 )
+        self._set_host(group, subs, joining=False)
 
     def _downstream_states(self, group: Address) -> dict[str, MembershipState]:
         return {
@@ -313,17 +530,38 @@ class ProxyInstance:
             if self.policy.roles.get(name) is Role.DOWNSTREAM and self.links.get(name, _DOWN).up
         }
 
-    def _apply_subscriptions(self, group: Address) -> None:
-        if not is_routable_group(group):
-            return
+    def _subscriptions(self, group: Address) -> dict[str, MembershipState]:
+        if self.selector:
+            self.selector.begin(group)
         subs = self.policy.subscriptions(
             group,
             self._downstream_states(group),
             peered_sources=frozenset(self.peered.get(group, {})),
+            choose=self._choose if self.selector else None,
         )
+        if self.selector:
+            self.selector.commit(group)
+        if any(st.has_interest for st in subs.values()):
+            self._subs[group] = subs
+        else:
+            self._subs.pop(group, None)
+        return subs
+
+    def _apply_subscriptions(self, group: Address) -> None:
+        if not is_routable_group(group):
+            return
+        subs = self._subscriptions(group)
+        self._set_host(group, subs, joining=True)
+        self._set_host(group, subs, joining=False)
+
+    def _set_host(self, group: Address, subs: dict[str, MembershipState], joining: bool) -> None:
+        """Apply the memberships that gain interest (``joining``) or the others."""
         for ifname, state in subs.items():
-            if not self.links.get(ifname, _DOWN).up:
+            current = self.host.state(ifname, group) or NO_INTEREST
+            if _gains(current, state) != joining:
                 continue
+            if state.has_interest and not self.links.get(ifname, _DOWN).up:
+                continue  # joined when the link comes up
             try:
                 if self.host.set(ifname, group, state):
                     self.counters["upstream_changes"] += 1
@@ -339,16 +577,28 @@ class ProxyInstance:
         before = {k: (e.packets, e.wrong_if) for k, e in self.table.mfc.items()}
         self.table.refresh_counters()
         dt = self.tun.poll_interval
+        now = self.scheduler.time()
+        newly_mirrored: set[Address] = set()
         for key, entry in list(self.table.mfc.items()):
             pkts, wrong = before.get(key, (entry.packets, entry.wrong_if))
             # The kernel counts every packet that hits the entry, on the wrong interface too.
             arrived, misplaced = entry.packets - pkts, entry.wrong_if - wrong
             good = arrived - misplaced
+            if misplaced and good and self.selector:
+                # The same flow on two interfaces: one channel carried by several upstreams.
+                if not self._is_mirrored(*key):
+                    newly_mirrored.add(key[1])
+                self._mirrored[key] = now
             if misplaced and not good:
+                if self._switch_silent_parent(key, entry):
+                    continue
+                if self._moved_too_early(key, entry, now):
+                    continue
                 # The flow left its parent interface and now hits another one (a source
                 # that moved): forget the entry so its next packet installs it anew.
                 self._delete_entry(*key)
                 continue
+            self._misplaced_since.pop(key, None)
             if good:
                 self._idle[key] = 0.0
                 continue
@@ -363,6 +613,67 @@ class ProxyInstance:
             )
             if idle >= limit:
                 self._delete_entry(*key)
+        for group in newly_mirrored:
+            self.refresh(group)
+        if self.selector:
+            self._check_carriers()
+        if self.selector and now - self._prefixes_read >= self.tun.prefix_refresh:
+            before_prefixes = dict(self._prefixes)
+            self._read_prefixes()
+            if self._prefixes != before_prefixes:
+                self._reselect(None)
+
+    def _switch_silent_parent(self, key: tuple[Address, Address], entry) -> bool:
+        """Robust reception's watchdog: the parent upstream went silent while the copies of
+        another upstream joined for the flow keep arriving: take those, now. This bounds a
+        switch to one poll interval when no link event says why (a router that died, or a
+        link event the kernel holds back)."""
+        if not self.selector:
+            return False
+        parent = self.table.vif_by_index(entry.parent)
+        if parent is None or self.policy.roles.get(parent.ifname) is not Role.UPSTREAM:
+            return False
+        selected = self._selected(*key)
+        others = [u for u in selected if u != parent.ifname]
+        if parent.ifname not in selected or not others:
+            return False
+        new_parent = self.table.vifs[others[0]].index
+        self.table.set_mfc(*key, new_parent, entry.oifs - {new_parent})
+        self.counters["mfc_moved"] += 1
+        self.counters["silent_parent_switches"] += 1
+        self.log.info("(%s, %s) silent on %s: now taken from %s", *key, parent.ifname, others[0])
+        self.emit("mfc_moved", f"({key[0]},{key[1]}) {parent.ifname} => {others[0]} (silent)")
+        return True
+
+    def _check_carriers(self) -> None:
+        """Carrier of the candidate upstreams read directly: a loss is acted on within a
+        poll interval even when the kernel's link notification comes up to a second later."""
+        for ifname in self.policy.names(Role.UPSTREAM):
+            st = self.links.get(ifname)
+            if st is None or not st.present:
+                continue
+            has_carrier = netlink.carrier(ifname)
+            if st.up and has_carrier is False:
+                self.log.info("carrier lost on %s (ahead of the link notification)", ifname)
+                self._carrier_lost.add(ifname)
+                self.link_changed(LinkState(ifname, st.ifindex, True, False))
+            elif ifname in self._carrier_lost and has_carrier:
+                # Back before the kernel reported anything: its report may never come.
+                self._carrier_lost.discard(ifname)
+                self.link_changed(LinkState(ifname, st.ifindex, True, True))
+
+    def _moved_too_early(self, key: tuple[Address, Address], entry, now: float) -> bool:
+        """Under selection, a flow from a selected parent upstream that also arrives
+        elsewhere is kept for ``moved_grace``: that is a switch in progress, not a move."""
+        if not self.selector:
+            return False
+        parent = self.table.vif_by_index(entry.parent)
+        if parent is None or self.policy.roles.get(parent.ifname) is not Role.UPSTREAM:
+            return False
+        if parent.ifname not in self._selected(*key):
+            return False
+        since = self._misplaced_since.setdefault(key, now)
+        return now - since < self.tun.moved_grace
 
     # --- observability ---------------------------------------------------------------------
 
@@ -391,6 +702,10 @@ class ProxyInstance:
                 for g, peers in self.peered.items()
                 if peers
             },
+            "upstream_queriers": {
+                name: {"querier": str(src), "age": round(self.scheduler.time() - at, 3)}
+                for name, (src, at) in self.upstream_queriers.items()
+            },
             "mfc": [
                 {
                     "source": str(e.source),
@@ -400,14 +715,50 @@ class ProxyInstance:
                     "packets": e.packets,
                     "bytes": e.bytes,
                     "wrong_if": e.wrong_if,
+                    **self._served_by(e.source, e.group),
                 }
                 for e in self.table.mfc.values()
             ],
+            "selection": self.selector.snapshot() if self.selector else None,
             "counters": dict(self.counters),
+        }
+
+    def _served_by(self, source: Address, group: Address) -> dict:
+        """For ``ctl show``: which upstreams are joined for (S,G), and why, per downstream."""
+        if not self.selector:
+            return {}
+        why = []
+        for (d, s, g), a in sorted(self.selector.assigned.items(), key=lambda kv: str(kv[0])):
+            if g != group or s not in (source, None):
+                continue
+            if s is None and (d, source, g) in self.selector.assigned:
+                continue  # this source has a request of its own
+            if not self.queriers.get(d) or not self.queriers[d].forwards(source, group):
+                continue
+            why.append(
+                {
+                    "downstream": d,
+                    "request": f"({'*' if s is None else s}, {g})",
+                    "upstreams": sorted(a.upstreams),
+                    "why": self.selector.why((d, s, g)),
+                }
+            )
+        return {
+            "upstreams": self._selected(source, group),
+            "mirrored": self._is_mirrored(source, group),
+            "why": why,
         }
 
 
 _DOWN = LinkState("", 0, False, False)
+
+
+def _gains(old: MembershipState, new: MembershipState) -> bool:
+    """Whether ``new`` wants a source that ``old`` does not."""
+    if new.is_include:
+        extra = new.sources - old.sources if old.is_include else new.sources & old.sources
+        return bool(extra)
+    return old.is_include or bool(old.sources - new.sources)
 
 
 def _unspecified(family: int) -> Address:

@@ -10,7 +10,7 @@ import fcntl
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 RTMGRP_LINK = 1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -19,6 +19,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_IFNAME = 3
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 SIOCGIFADDR = 0x8915
+SIOCGIFNETMASK = 0x891B
 
 
 @dataclass(frozen=True)
@@ -141,3 +142,43 @@ def ipv4_address(ifname: str) -> IPv4Address | None:
 def own_address(family: int, ifname: str) -> IPv4Address | IPv6Address | None:
     """The address this router speaks IGMP/MLD from on ``ifname``."""
     return link_local(ifname) if family == 6 else ipv4_address(ifname)
+
+
+def carrier(ifname: str) -> bool | None:
+    """The carrier bit right now (None if unknown). The kernel tells carrier changes through
+    its link watcher, which may hold a notification back for up to a second; this reads
+    the bit itself."""
+    try:
+        with open(f"/sys/class/net/{ifname}/carrier") as f:
+            return f.read().strip() == "1"
+    except (OSError, ValueError):
+        return None
+
+
+def prefixes(family: int, ifname: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The global prefixes configured on ``ifname`` (its subscriber prefixes), sorted.
+
+    IPv6 from /proc/net/if_inet6 (global scope only); IPv4 the primary address and mask.
+    """
+    if family == 4:
+        addr = ipv4_address(ifname)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                res = fcntl.ioctl(
+                    s.fileno(), SIOCGIFNETMASK, struct.pack("256s", ifname.encode()[:15])
+                )
+            except OSError:
+                return ()
+        if addr is None:
+            return ()
+        return (ip_network(f"{addr}/{IPv4Address(res[20:24])}", strict=False),)
+    found = set()
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                addr, _idx, plen, scope, _flags, name = line.split()
+                if name == ifname and int(scope, 16) == 0:
+                    found.add(ip_network(f"{IPv6Address(int(addr, 16))}/{int(plen, 16)}", False))
+    except OSError:
+        return ()
+    return tuple(sorted(found))

@@ -159,6 +159,7 @@ class Querier:
         self._querier = False
         self._startup_left = 0
         self._general_handle: Handle | None = None
+        self._general_at = 0.0
         self._other_querier: Address | None = None
         self._other_expires = 0.0
         self._other_handle: Handle | None = None
@@ -231,6 +232,24 @@ class Querier:
         """Become querier and send the startup General Queries (RFC 3376 §6.6.2)."""
         self._running = True
         self._begin_as_querier(startup=True)
+
+    def set_timers(self, timers: Timers) -> None:
+        """New configured timers (a reload), without dropping any state.
+
+        Running group and source timers keep their deadlines; queries and timers started
+        from now on use the new values. A querier whose next General Query is due later
+        than the new query interval sends it at the new interval.
+        """
+        self._configured = timers
+        if not self._running or self._querier:
+            self._timers = timers
+        late = self._general_at - self._sched.time() > timers.query_interval + _EPS
+        if self._querier and self._general_handle is not None and self._startup_left == 0 and late:
+            self._general_handle.cancel()
+            self._general_handle = self._sched.call_later(
+                timers.query_interval, self._general_query_due
+            )
+            self._general_at = self._sched.time() + timers.query_interval
 
     def restart(self) -> None:
         """Link up: querier again at once with startup queries; group state is kept."""
@@ -655,6 +674,7 @@ class Querier:
         # Schedule before sending so that a failing send cannot stop the periodic queries.
         delay = self._timers.sqi if self._startup_left > 0 else self._timers.query_interval
         self._general_handle = self._sched.call_later(delay, self._general_query_due)
+        self._general_at = self._sched.time() + delay
         unspecified = IPv4Address(0) if self._fam.ip_version == 4 else IPv6Address(0)
         self._emit(self._query(unspecified, self._timers.query_response_interval), "general")
 

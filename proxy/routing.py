@@ -14,14 +14,22 @@ Filter bindings follow mcproxy:
 Peering interfaces (RFC 7287) are restricted downstreams for local sources (X3) and
 preferred upstreams for listeners (X4): data from them goes to downstreams only, and
 nothing that came from an upstream or a peering is ever sent out a peering.
+
+Multiple upstreams with selection (``Instance.selection``): ``select_upstreams`` is the
+precedence of the candidates' records for one request (subscriber link, source or any
+source, group); ``Policy.subscriptions`` splits every downstream's state into such
+requests and gives each upstream the union of what was selected for it. Which candidates
+are usable and what existing subscriptions keep (migration, non-revertive switching) is
+state, kept by ``proxy.selection``, and enters here as the ``choose`` callable.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from proxy.config import FilterBinding, Instance
+from proxy.config import FilterBinding, Instance, Network, Selection, SelectionRecord
 from proxy.membership import NO_INTEREST, MembershipState, merge
 from proxy.messages import Address, FilterMode
 
@@ -77,6 +85,93 @@ def source_scope(
     return everything, frozenset(listed)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The upstreams ``select_upstreams`` picked for one request, and why.
+
+    ``reason``: ``"record"`` (``record`` of ``via`` won, ``tied`` more candidates with the
+    same record kind and priority), ``"default"``, ``"fallback"`` (no default: highest
+    priority, then highest address) or ``"none"`` (no usable candidate).
+    """
+
+    upstreams: tuple[str, ...]
+    reason: str
+    record: SelectionRecord | None = None
+    via: str | None = None
+    priority: int | None = None
+
+    def __str__(self) -> str:
+        if self.reason == "record":
+            ups = ", ".join(self.upstreams)
+            tie = f"robust reception: {ups} tie, " if len(self.upstreams) > 1 else ""
+            return f"{tie}record '{self.record}' of {self.via} (priority {self.priority})"
+        if self.reason == "default":
+            return f"no record matches: default upstream {self.via}"
+        if self.reason == "fallback":
+            return f"no record matches, no usable default: {self.via} (highest priority/address)"
+        return "no usable candidate"
+
+
+NO_CHOICE = Choice((), "none")
+
+
+def select_upstreams(
+    selection: Selection,
+    usable: Callable[[str], bool],
+    subscribers: tuple[Network, ...],
+    source: Address | None,
+    group: Address,
+    addresses: Mapping[str, Address | None] | None = None,
+) -> Choice:
+    """The candidates for a request for (``source`` or any source, ``group``) from a link
+    with the prefixes ``subscribers`` (precedence of ``SelectionRecord.specificity``, then
+    interface priority; ties are all selected). Unusable candidates take no part."""
+    best: tuple[tuple[int, ...], int] | None = None
+    winners: list[tuple[str, SelectionRecord]] = []
+    for cand in selection.candidates:
+        if not usable(cand.ifname):
+            continue
+        for record in cand.effective_records:
+            if not record.matches(subscribers, source, group):
+                continue
+            rank = (record.specificity(), cand.priority)
+            if best is None or rank > best:
+                best, winners = rank, [(cand.ifname, record)]
+            elif rank == best and all(name != cand.ifname for name, _ in winners):
+                winners.append((cand.ifname, record))
+    if best is not None:
+        ifname, record = winners[0]
+        return Choice(tuple(n for n, _ in winners), "record", record, ifname, best[1])
+    if selection.default is not None and usable(selection.default):
+        return Choice((selection.default,), "default", via=selection.default)
+    others = [c for c in selection.candidates if usable(c.ifname)]
+    if not others:
+        return NO_CHOICE
+    addresses = addresses or {}
+
+    def rank(c):  # highest priority, then highest address, then the first listed
+        addr = addresses.get(c.ifname)
+        return (c.priority, int(addr) if addr is not None else -1)
+
+    top = max(others, key=rank)
+    return Choice((top.ifname,), "fallback", via=top.ifname, priority=top.priority)
+
+
+def listed_sources(selection: Selection, group: Address) -> frozenset:
+    """Single sources that records name for ``group``: an any-source request is split on
+    them (a source prefix cannot be listed, like in ``filter_state``)."""
+    return frozenset(
+        r.source.first
+        for c in selection.candidates
+        for r in c.records
+        if r.source.kind == "address" and r.group.matches(group)
+    )
+
+
+#: choose(downstream, source or None for any source, group) -> selected upstreams
+Chooser = Callable[[str, Address | None, Address], frozenset]
+
+
 class Policy:
     """Forwarding and subscription decisions of one proxy instance."""
 
@@ -126,11 +221,14 @@ class Policy:
         source: Address,
         group: Address,
         wants: Callable[[str, Address, Address], bool],
+        served: Callable[[str], bool] | None = None,
     ) -> set[str]:
         """Interfaces an (S,G) flow arriving on ``iif`` is forwarded to.
 
         ``wants(ifname, S, G)`` tells whether the router side of a downstream or peering
         interface has a listener for the flow (and may forward there, e.g. is querier).
+        ``served(downstream)``, for a flow from an upstream under selection, tells whether
+        that downstream's subscription may be served from ``iif``.
         """
         role = self.roles.get(iif)
         if role is None or not self.accepts(iif, source, group):
@@ -141,6 +239,7 @@ class Policy:
             if d != iif
             and wants(d, source, group)
             and self._allows(Role.DOWNSTREAM, d, "out", source, group, iif)
+            and (served is None or role is not Role.UPSTREAM or served(d))
         }
         if role is Role.DOWNSTREAM:
             # A local source: upstream(s) per "upstream * out" rule matching, and the
@@ -155,27 +254,51 @@ class Policy:
             out |= {p for p in self.names(Role.PEERING) if wants(p, source, group)}
         return out
 
+    def upstream_allows(self, ifname: str, source: Address | None, group: Address) -> bool:
+        """Whether upstream ``ifname``'s ``in`` filter lets a request through: for any
+        source (None), unless it refuses every source of ``group``."""
+        binding = self._binding(Role.UPSTREAM, ifname, "in")
+        if binding is None:
+            return True
+        if source is not None:
+            return binding.allows(ifname, source, group)
+        everything, listed = source_scope(binding, ifname, group)
+        if binding.kind == "blacklist":
+            return not everything
+        return everything or listed is None or bool(listed)
+
     def subscriptions(
         self,
         group: Address,
         downstream_states: Mapping[str, MembershipState],
         peered_sources: frozenset = frozenset(),
         mutex_sources: Mapping[str, frozenset] | None = None,
+        choose: Chooser | None = None,
     ) -> dict[str, MembershipState]:
         """Membership each upstream and peering interface must hold for ``group``.
 
         ``downstream_states``: per-downstream RFC 4605 interface states. ``peered_sources``:
         sources currently arriving on a peering; the upstreams block them (RFC 7287 §5.4).
         ``mutex_sources``: per upstream, sources another upstream won under ``mutex``.
+        ``choose``: the upstream selection (required when the instance has one).
         """
-        merged = merge(
-            filter_state(self._binding(Role.DOWNSTREAM, d, "in"), d, group, st)
+        filtered = {
+            d: filter_state(self._binding(Role.DOWNSTREAM, d, "in"), d, group, st)
             for d, st in downstream_states.items()
             if self.roles.get(d) is Role.DOWNSTREAM
-        )
+        }
+        merged = merge(filtered.values())
         result: dict[str, MembershipState] = {}
         for p in self.names(Role.PEERING):
             result[p] = merged
+        if self.cfg.selection is not None:
+            assert choose is not None, "an instance with selection needs choose"
+            shares = self.split(group, filtered, choose)
+            for u in self.names(Role.UPSTREAM):
+                binding = self._binding(Role.UPSTREAM, u, "in")
+                share = filter_state(binding, u, group, merge(shares.get(u, ())))
+                result[u] = _without(share, peered_sources)
+            return result
         upstream_view = _without(merged, peered_sources)
         mode, _ = self.rule_matching("in")
         remaining = upstream_view
@@ -188,6 +311,37 @@ class Policy:
             if mode == "first" and share.has_interest:
                 remaining = _minus(remaining, share)
         return result
+
+    def split(
+        self, group: Address, states: Mapping[str, MembershipState], choose: Chooser
+    ) -> dict[str, list[MembershipState]]:
+        """Per upstream, the parts of each downstream's state that selection gives it.
+
+        INCLUDE(A) is asked source by source. EXCLUDE(X) is asked for any source, and on
+        its own for each source a record names (``listed_sources``): the upstreams chosen
+        for any source block those, the upstreams chosen for them include them.
+        """
+        assert self.cfg.selection is not None
+        listed = listed_sources(self.cfg.selection, group)
+        shares: dict[str, list[MembershipState]] = {}
+        for d, st in states.items():
+            if not st.has_interest:
+                continue
+            if st.is_include:
+                for s in st.sources:
+                    for u in choose(d, s, group):
+                        shares.setdefault(u, []).append(MembershipState.include((s,)))
+                continue
+            apart = {s: choose(d, s, group) for s in sorted(listed - st.sources, key=int)}
+            anyone = choose(d, None, group)
+            for u in anyone | frozenset().union(*apart.values()):
+                if u in anyone:
+                    blocked = {s for s, ups in apart.items() if u not in ups}
+                    shares.setdefault(u, []).append(MembershipState.exclude(st.sources | blocked))
+                else:
+                    wanted = (s for s, ups in apart.items() if u in ups)
+                    shares.setdefault(u, []).append(MembershipState.include(wanted))
+        return shares
 
 
 def _without(state: MembershipState, sources: frozenset) -> MembershipState:

@@ -463,7 +463,8 @@ ERRORS = [
     ),
     (
         "pinstance a: x ==> y;\npinstance a downstream y speed 2;",
-        "t.conf:2:26: expected 'in', 'out', 'version' or 'querier-election', found 'speed'",
+        "t.conf:2:26: expected 'in', 'out', 'version', 'querier-election' or 'subscribers', "
+        "found 'speed'",
     ),
 ]
 
