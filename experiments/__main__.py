@@ -40,7 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _need_root()
     from topologies import clean
 
-    leftovers = clean.list_netns(args.prefix + "-")
+    ours = (f"{args.prefix}a-", f"{args.prefix}b-")  # run_all alternates these two
+    leftovers = [n for n in clean.list_netns(args.prefix) if n.startswith(ours)]
     if leftovers:
         raise ValueError(
             f"namespaces of an earlier run exist ({', '.join(leftovers[:3])}): run 'make clean'"

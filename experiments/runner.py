@@ -16,6 +16,7 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,14 @@ class Run:
 
     # --- the whole run ------------------------------------------------------------------
 
-    def execute(self) -> dict[str, Any]:
+    def execute(
+        self, teardown_later: bool = False, previous: threading.Thread | None = None
+    ) -> dict[str, Any]:
+        """Build, start, measure; then ``finish()`` unless the caller does it later.
+
+        ``previous`` (the teardown of the run before) is waited for before measuring, so
+        that it overlaps only with building this network, never with its stream.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         for old in self.dir.iterdir():  # a rerun starts from an empty directory
             if old.is_file():
@@ -159,25 +167,37 @@ class Run:
             seed=self.seed,
             proxy=ProxySettings(timers=timers),
         )
+        self.started = started
         try:
             self.net.build()
             self.net.start()
             self.meta["link_backend"] = self.net.backend.name if self.net.backend else None
+            if previous is not None:
+                previous.join()
             self._measure()
             self.meta.update(self.net.describe())
-            self.meta["completed"] = True
+            self.meta["completed"] = True  # on disk only once finish() has written it
         except BaseException as exc:
+            self.meta["completed"] = False
             self.meta["error"] = f"{type(exc).__name__}: {exc}"
+            self.finish()
             raise
-        finally:
-            if self.net.backend is not None:
-                self.meta.setdefault("links", self.net.backend.describe())
+        if not teardown_later:
+            self.finish()
+        return self.meta
+
+    def finish(self) -> None:
+        """Tear the network down, merge the event logs, and write the final meta.json."""
+        assert self.net is not None
+        if self.net.backend is not None:
+            self.meta.setdefault("links", self.net.backend.describe())
+        try:
             self.net.stop()
             self._merge_events()
-            self.meta["wall_time_s"] = round(time.time() - started, 3)
+        finally:
+            self.meta["wall_time_s"] = round(time.time() - self.started, 3)
             self.meta["loadavg_at_end"] = os.getloadavg()
             self._write_meta()
-        return self.meta
 
     def _where(self, spec, node: str) -> dict[str, Any]:
         n = spec.node(node)
@@ -377,21 +397,32 @@ def run_all(
     todo = [k for k in keys if not (resume and is_complete(k.path(root)))]
     skipped = len(keys) - len(todo)
     bar = Progress(len(todo), skipped)
-    for key in todo:
-        bar.start(key)
-        # Peering off and on share a seed: same drawn link delays, a paired comparison.
-        run_seed = seed * 1000 + KINDS.index(key.kind) * 100 + key.index
-        try:
-            Run(scenario, key, params, run_seed, root, prefix).execute()
-        except KeyboardInterrupt:
-            bar.finish()
-            raise
-        except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
-            failures.append(f"{key.label()}: {exc}")
-        bar.advance()
-    bar.finish()
-    done = [k.path(root) for k in keys if is_complete(k.path(root))]
-    return done, failures
+    # Each network is torn down in the background while the next one is built; two
+    # alternating name prefixes keep the two apart.
+    closing: threading.Thread | None = None
+    try:
+        for n, key in enumerate(todo):
+            bar.start(key)
+            # Peering off and on share a seed: same drawn link delays, a paired comparison.
+            run_seed = seed * 1000 + KINDS.index(key.kind) * 100 + key.index
+            run = Run(scenario, key, params, run_seed, root, f"{prefix}{'ab'[n % 2]}")
+            try:
+                run.execute(teardown_later=True, previous=closing)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+                failures.append(f"{key.label()}: {exc}")
+            else:
+                if closing is not None:
+                    closing.join()
+                closing = threading.Thread(target=run.finish)
+                closing.start()
+            bar.advance()
+    finally:
+        if closing is not None:
+            closing.join()
+        bar.finish()
+    return [k.path(root) for k in keys if is_complete(k.path(root))], failures
 
 
 class Progress:
