@@ -57,7 +57,8 @@ upstream is a *candidate*:
 
 - A candidate has an interface priority (default 0; higher wins) and selection records
   ``(subscriber, source, group)``; each part is ``*`` (null, the default), an address or a
-  prefix ``P``. A candidate without ``select`` statements has the one record ``(* | * | *)``.
+  prefix ``P``. A candidate without ``select`` statements has the one record ``(* | * | *)``,
+  unless it is the ``default`` upstream.
 - Channel-based selection matches ``source``/``group`` against the (S,G) or (*,G) asked
   for; subscriber-based selection matches ``subscriber`` against the subscriber prefixes
   of the downstream link the request came from: the ``subscribers`` option of that
@@ -380,10 +381,6 @@ class Candidate:
     records: tuple[SelectionRecord, ...] = ()
     takeover: Takeover = Takeover()
 
-    @property
-    def effective_records(self) -> tuple[SelectionRecord, ...]:
-        return self.records or (CATCH_ALL,)
-
 
 @dataclass(frozen=True)
 class SwitchPolicy:
@@ -413,6 +410,13 @@ class Selection:
 
     def candidate(self, ifname: str) -> Candidate | None:
         return next((c for c in self.candidates if c.ifname == ifname), None)
+
+    def records_of(self, cand: Candidate) -> tuple[SelectionRecord, ...]:
+        """Its records; without any, ``(* | * | *)``, except for the default upstream,
+        which then only takes what no record matches."""
+        if cand.records or cand.ifname == self.default:
+            return cand.records
+        return (CATCH_ALL,)
 
 
 @dataclass(frozen=True)
@@ -1085,7 +1089,7 @@ class _Parser:
                     raise self.error(part_tok, f"'{name}' given twice in one record")
                 parts[name] = (self.part(f"{name} prefix"), part_tok)
             if self.tok.kind != ";" and not parts:
-                raise self.expected(f"{_alternatives(_SELECT_PARTS)} or ';'")
+                raise self.expected(_alternatives((*_SELECT_PARTS, ";")))
             value = parts
         elif key == "takeover":
             trigger, _ = self.option_key(("off", "link-down", "no-querier"))

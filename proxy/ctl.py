@@ -50,12 +50,13 @@ def render_text(reply: dict) -> str:
             for c in sel["candidates"]:
                 q = queriers.get(c["interface"])
                 heard = f"  querier {q['querier']} {q['age']}s ago" if q else ""
+                default = "  default" if c["default"] else ""
                 lines.append(
                     f"    candidate {c['interface']:<12} priority {c['priority']:<5} "
-                    f"{c['state']}  takeover {c['takeover']}{heard}"
+                    f"{c['state']}  takeover {c['takeover']}{default}{heard}"
                 )
                 for r in c["records"]:
-                    lines.append(f"        select {r}{'  (default)' if c['default'] else ''}")
+                    lines.append(f"        select {r}")
             for ch in sel["channels"]:
                 lines.append(
                     f"    request ({ch['source']}, {ch['group']}) from {ch['downstream']} -> "

@@ -131,7 +131,7 @@ def select_upstreams(
     for cand in selection.candidates:
         if not usable(cand.ifname):
             continue
-        for record in cand.effective_records:
+        for record in selection.records_of(cand):
             if not record.matches(subscribers, source, group):
                 continue
             rank = (record.specificity(), cand.priority)

@@ -410,7 +410,7 @@ class UpstreamSelector:
                 {
                     "interface": c.ifname,
                     "priority": c.priority,
-                    "records": [str(r) for r in c.effective_records],
+                    "records": [str(r) for r in self.sel.records_of(c)],
                     "default": self.sel.default == c.ifname,
                     "takeover": str(c.takeover),
                     "usable": self.usable(c.ifname),

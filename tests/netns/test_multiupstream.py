@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from proxy.ctl import render_text
 from tests.netns.lab import PY, Lab, dump, receiver, rows, sender, wait_for
 
 PX_TIMERS = (
@@ -225,17 +226,14 @@ def wait_joined(net: Net, router: int, group: str, timeout: float = 8) -> None:
 # --- the use cases ------------------------------------------------------------------------
 
 
+RECORDS = "upstream up1 select group ff0e::a:0/112;\nupstream up2 select group ff0e::b:0/112;"
+
+
 def test_wholesale_each_group_is_joined_only_at_its_provider(lab):
     """Two providers with different groups; a listener subscribes to both offers."""
     net = build(lab, routers=2, shared_core=False, listeners=2)
     ga, gb = "ff0e::a:1", "ff0e::b:1"
-    proxy = net.start(
-        px_conf(
-            2,
-            2,
-            "upstream up1 select group ff0e::a:0/112;\nupstream up2 select group ff0e::b:0/112;",
-        )
-    )
+    proxy = net.start(px_conf(2, 2, RECORDS))
     (l1, l2), (sa, sb) = net.listeners, net.sources
     receiver(lab, l1, "e0", ga, "l1a", port=5001)
     receiver(lab, l1, "e0", gb, "l1b", port=5002)
@@ -257,6 +255,19 @@ def test_wholesale_each_group_is_joined_only_at_its_provider(lab):
     assert why[("d1", gb)]["record_of"] == "up2"
     l1a, l1b, l2b = (len(set(seqs(stop_receiver(lab, n)))) for n in ("l1a", "l1b", "l2b"))
     assert l1a >= 98 and l1b >= 98 and l2b >= 98, (l1a, l1b, l2b)
+    # A reload through the control socket that adds a third offer and changes timers
+    # touches neither the joins nor the MFC entries of the first two.
+    before = proxy.instance()
+    more = "upstream up2 select group ff0e::c:0/112;\n" + RECORDS
+    reply = proxy.reload(px_conf(2, 2, more).replace("query-interval 20", "query-interval 30"))
+    assert reply == {"ok": True, "changed": ["~px"], "details": {"px": ["timers", "selection"]}}
+    after = proxy.instance()
+    assert after["upstream"] == before["upstream"]
+    assert [(e["source"], e["group"], e["iif"], e["oifs"]) for e in after["mfc"]] == [
+        (e["source"], e["group"], e["iif"], e["oifs"]) for e in before["mfc"]
+    ]
+    assert after["counters"].get("upstream_changes") == before["counters"].get("upstream_changes")
+    assert after["queriers"]["d1"]["query_interval"] == 30
 
 
 @pytest.mark.parametrize("where", ["local", "remote"])
@@ -397,6 +408,11 @@ def test_load_balancing_splits_channels_across_upstreams(lab):
     why = {c["group"]: c for c in proxy.instance()["selection"]["channels"]}
     assert why[c1]["record"] == f"source {SRC} group ff3e::1:0/112"
     assert "default upstream up3" in why[asm]["why"]
+    text = render_text(proxy.show())  # what "pymcproxy ctl show" prints
+    assert (
+        f"request ({SRC}, {c2}) from d1 -> up2: record 'source {SRC} group ff3e::2:0/112'" in text
+    )
+    assert f"mfc ({SRC}, {c1}) up1 -> d1" in text and "served by up1" in text, text
     for name in ("l1c1", "l1c2", "l1g3"):
         got = seqs(stop_receiver(lab, name))
         assert len(got) == len(set(got)) >= 98, (name, len(got))
@@ -455,9 +471,11 @@ def test_migration_by_live_reload_keeps_existing_listeners(lab):
     snd = sender(lab, src, "e0", g, "snd", duration=4.0)
     assert wait_for(lambda: (mfc(proxy, g) or {}).get("packets", 0) >= 30, 5)
     installs = proxy.instance()["counters"].get("upcall_nocache", 0)
-    reply = proxy.reload(px_conf(2, 2, after))
-    assert reply["ok"] and reply["details"]["px"] == ["selection"], reply
+    proxy.path.write_text(px_conf(2, 2, after))
     t_reload = time.time_ns()
+    proxy.proc.send_signal(signal.SIGHUP)  # a live reload
+    assert wait_for(lambda: "reloaded" in lab.log(proxy.logname), 3)
+    assert "~px(selection)" in lab.log(proxy.logname)
     time.sleep(0.3)
     inst = proxy.instance()
     (channel,) = [c for c in inst["selection"]["channels"] if c["group"] == g]
