@@ -652,7 +652,7 @@ class ProxyInstance:
             st = self.links.get(ifname)
             if st is None or not st.present:
                 continue
-            has_carrier = netlink.carrier(ifname)
+            has_carrier = netlink.carrier(ifname, st.ifindex)
             if st.up and has_carrier is False:
                 self.log.info("carrier lost on %s (ahead of the link notification)", ifname)
                 self._carrier_lost.add(ifname)

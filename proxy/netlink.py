@@ -144,12 +144,16 @@ def own_address(family: int, ifname: str) -> IPv4Address | IPv6Address | None:
     return link_local(ifname) if family == 6 else ipv4_address(ifname)
 
 
-def carrier(ifname: str) -> bool | None:
+def carrier(ifname: str, ifindex: int) -> bool | None:
     """The carrier bit right now (None if unknown). The kernel tells carrier changes through
     its link watcher, which may hold a notification back for up to a second; this reads
-    the bit itself."""
+    the bit itself. ``ifindex`` guards against a /sys mounted for another namespace."""
+    base = f"/sys/class/net/{ifname}"
     try:
-        with open(f"/sys/class/net/{ifname}/carrier") as f:
+        with open(f"{base}/ifindex") as f:
+            if int(f.read()) != ifindex:
+                return None
+        with open(f"{base}/carrier") as f:
             return f.read().strip() == "1"
     except (OSError, ValueError):
         return None

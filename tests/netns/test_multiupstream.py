@@ -253,10 +253,8 @@ def test_wholesale_each_group_is_joined_only_at_its_provider(lab):
     why = {(c["downstream"], c["group"]): c for c in inst["selection"]["channels"]}
     assert why[("d1", ga)]["record"] == "group ff0e::a:0/112"
     assert why[("d1", gb)]["record_of"] == "up2"
-    l1a, l1b, l2b = (len(set(seqs(stop_receiver(lab, n)))) for n in ("l1a", "l1b", "l2b"))
-    assert l1a >= 98 and l1b >= 98 and l2b >= 98, (l1a, l1b, l2b)
     # A reload through the control socket that adds a third offer and changes timers
-    # touches neither the joins nor the MFC entries of the first two.
+    # touches neither the joins nor the MFC entries of the first two (listeners still on).
     before = proxy.instance()
     more = "upstream up2 select group ff0e::c:0/112;\n" + RECORDS
     reply = proxy.reload(px_conf(2, 2, more).replace("query-interval 20", "query-interval 30"))
@@ -268,6 +266,8 @@ def test_wholesale_each_group_is_joined_only_at_its_provider(lab):
     ]
     assert after["counters"].get("upstream_changes") == before["counters"].get("upstream_changes")
     assert after["queriers"]["d1"]["query_interval"] == 30
+    l1a, l1b, l2b = (len(set(seqs(stop_receiver(lab, n)))) for n in ("l1a", "l1b", "l2b"))
+    assert l1a >= 98 and l1b >= 98 and l2b >= 98, (l1a, l1b, l2b)
 
 
 @pytest.mark.parametrize("where", ["local", "remote"])
@@ -337,8 +337,10 @@ def test_fast_switching_when_the_primary_link_goes_down(lab, robust, where):
     assert report["received"] >= 170, report  # the stream went on after the switch
     assert report["longest_silence_ms"] <= QRI * 1000, report
     if robust and where == "local":
-        assert report["missing"] == report["lost_in_reaction"], report  # the gap is 0
-        assert report["lost_in_reaction"] <= 1 and report["reaction_ms"] < 100, report
+        # The gap is 0: nothing is lost but what reached px while it was moving the
+        # entry, and it moved it at once.
+        assert report["missing"] == report["lost_in_reaction"], report
+        assert report["reaction_ms"] is not None and report["reaction_ms"] < 100, report
     if not robust:
         channel = inst["selection"]["channels"][0]
         assert channel["upstreams"] == [other]
