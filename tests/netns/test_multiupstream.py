@@ -82,11 +82,13 @@ class Net:
     listeners: list[str]
     proxy: Daemon | None = None
     router_daemons: list[Daemon] | None = None
+    v4: bool = False
 
     def start(self, conf: str) -> Daemon:
         """Start px with ``conf`` and the routers; wait until all answer."""
         self.router_daemons = [
-            Daemon(self.lab, r, router_conf(), f"r{i}") for i, r in enumerate(self.routers, 1)
+            Daemon(self.lab, r, router_conf(self.v4), f"r{i}")
+            for i, r in enumerate(self.routers, 1)
         ]
         self.proxy = Daemon(self.lab, self.px, conf, "px")
         daemons = [self.proxy, *self.router_daemons]
@@ -103,55 +105,69 @@ class Net:
         return group in q["groups"]
 
 
-def router_conf() -> str:
-    return f"protocol MLDv2;\npinstance r(10): c ==> x;\npinstance r {ROUTER_TIMERS};\n"
+def router_conf(v4: bool = False) -> str:
+    proto = "IGMPv3" if v4 else "MLDv2"
+    return f"protocol {proto};\npinstance r(10): c ==> x;\npinstance r {ROUTER_TIMERS};\n"
 
 
-def build(lab: Lab, routers: int, shared_core: bool, listeners: int = 1) -> Net:
-    """px with ``routers`` upstream routers and ``listeners`` listener links."""
+def build(lab: Lab, routers: int, shared_core: bool, listeners: int = 1, v4: bool = False) -> Net:
+    """px with ``routers`` upstream routers and ``listeners`` listener links.
+
+    IPv6: core 2001:db8:c::/64 (or 2001:db8:cI::/64 per provider), router links
+    2001:db8:aI::/64, listener links 2001:db8:N::/64. IPv4: 198.18.100.0/24 (198.18.10I.0/24),
+    198.18.I.0/24 and 198.19.N.0/24.
+    """
     px = lab.ns("px")
     names, sources = [], []
+
+    def addr(ns: str, ifname: str, v6: str, v4addr: str) -> None:
+        lab.addr(ns, ifname, v4addr if v4 else v6)
+
+    def source(ns: str, v6: str, v4addr: str) -> None:
+        addr(ns, "e0", v6, v4addr)
+        if v4:
+            lab.sh(ns, "ip route add default dev e0")
+        sources.append(ns)
+
     if shared_core:
-        core, src = lab.ns("core"), lab.ns("src")
+        core = lab.ns("core")
         lab.sh(core, "ip link add br0 type bridge mcast_snooping 0 && ip link set br0 up")
+        src = lab.ns("src")
         lab.link(core, "bs", src, "e0")
         lab.sh(core, "ip link set bs master br0")
-        lab.addr(src, "e0", f"{SRC}/64")
-        sources.append(src)
+        source(src, f"{SRC}/64", "198.18.100.100/24")
     for i in range(1, routers + 1):
         r = lab.ns(f"r{i}")
         names.append(r)
         if shared_core:
             lab.link(core, f"b{i}", r, "c")
             lab.sh(core, f"ip link set b{i} master br0")
-            lab.addr(r, "c", f"2001:db8:c::{i}/64")
+            addr(r, "c", f"2001:db8:c::{i}/64", f"198.18.100.{i}/24")
         else:
             s = lab.ns(f"s{i}")
             lab.link(s, "e0", r, "c")
-            lab.addr(s, "e0", f"2001:db8:c{i}::100/64")
-            lab.addr(r, "c", f"2001:db8:c{i}::1/64")
-            sources.append(s)
+            source(s, f"2001:db8:c{i}::100/64", f"198.18.10{i}.100/24")
+            addr(r, "c", f"2001:db8:c{i}::1/64", f"198.18.10{i}.1/24")
         lab.link(r, "x", px, f"up{i}")
-        lab.addr(r, "x", f"2001:db8:a{i}::1/64")
-        lab.addr(px, f"up{i}", f"2001:db8:a{i}::2/64")
+        addr(r, "x", f"2001:db8:a{i}::1/64", f"198.18.{i}.1/24")
+        addr(px, f"up{i}", f"2001:db8:a{i}::2/64", f"198.18.{i}.2/24")
     hosts = []
     for n in range(1, listeners + 1):
         host = lab.ns(f"l{n}")
         lab.link(px, f"d{n}", host, "e0")
-        lab.addr(px, f"d{n}", f"2001:db8:{n}::1/64")
-        lab.addr(host, "e0", f"2001:db8:{n}::2/64")
+        addr(px, f"d{n}", f"2001:db8:{n}::1/64", f"198.19.{n}.1/24")
+        addr(host, "e0", f"2001:db8:{n}::2/64", f"198.19.{n}.2/24")
         hosts.append(host)
-    return Net(lab, px, names, sources, hosts)
+    return Net(lab, px, names, sources, hosts, v4=v4)
 
 
-def px_conf(routers: int, listeners: int, extra: str) -> str:
+def px_conf(routers: int, listeners: int, extra: str, v4: bool = False) -> str:
     ups = " ".join(f"up{i}" for i in range(1, routers + 1))
     downs = " ".join(f"d{n}" for n in range(1, listeners + 1))
     lines = [line.strip() for line in extra.strip().splitlines() if line.strip()]
     body = "".join(f"pinstance px {line}\n" for line in lines)
-    return (
-        f"protocol MLDv2;\npinstance px(10): {ups} ==> {downs};\npinstance px {PX_TIMERS};\n{body}"
-    )
+    proto = "IGMPv3" if v4 else "MLDv2"
+    return f"protocol {proto};\npinstance px(10): {ups} ==> {downs};\npinstance px {PX_TIMERS};\n{body}"
 
 
 def px_groups(proxy: Daemon, ifname: str) -> set[str]:
@@ -420,20 +436,22 @@ def test_load_balancing_splits_channels_across_upstreams(lab):
         assert len(got) == len(set(got)) >= 98, (name, len(got))
 
 
-def test_network_merging_maps_each_customer_base_to_its_provider(lab):
+@pytest.mark.parametrize("v4", [False, True], ids=["mldv2", "igmpv3"])
+def test_network_merging_maps_each_customer_base_to_its_provider(lab, v4):
     """Two merged providers use the same group address for their own channel; the
     subscriber prefix of each customer base picks its provider, and neither base gets the
-    other provider's stream."""
-    net = build(lab, routers=2, shared_core=False, listeners=2)
-    g = "ff0e::77"
-    proxy = net.start(
-        px_conf(
-            2,
-            2,
-            """upstream up1 select subscriber 2001:db8:1::/48;
-            upstream up2 select subscriber 2001:db8:2::/48;""",
-        )
+    other provider's stream. The customer bases are told apart by the prefixes of their
+    links (read from the interfaces)."""
+    net = build(lab, routers=2, shared_core=False, listeners=2, v4=v4)
+    g = "233.252.0.77" if v4 else "ff0e::77"
+    sub1, sub2 = (
+        ("198.19.1.0/24", "198.19.2.0/24") if v4 else ("2001:db8:1::/48", "2001:db8:2::/48")
     )
+    src1, src2 = (
+        ("198.18.101.100", "198.18.102.100") if v4 else ("2001:db8:c1::100", "2001:db8:c2::100")
+    )
+    records = f"upstream up1 select subscriber {sub1};\nupstream up2 select subscriber {sub2};"
+    proxy = net.start(px_conf(2, 2, records, v4=v4))
     (l1, l2), (sa, sb) = net.listeners, net.sources
     for host, name in ((l1, "l1"), (l2, "l2")):
         receiver(lab, host, "e0", g, f"{name}a", port=5001)  # provider A's stream
@@ -447,11 +465,10 @@ def test_network_merging_maps_each_customer_base_to_its_provider(lab):
     inst = proxy.instance()
     assert {(u, gg) for u, gg in joined(proxy) if gg == g} == {("up1", g), ("up2", g)}
     entries = {e["source"]: e for e in inst["mfc"] if e["group"] == g}
-    assert entries["2001:db8:c1::100"]["iif"] == "up1"
-    assert entries["2001:db8:c1::100"]["oifs"] == ["d1"], dump(entries)
-    assert entries["2001:db8:c2::100"]["oifs"] == ["d2"], dump(entries)
+    assert entries[src1]["iif"] == "up1" and entries[src1]["oifs"] == ["d1"], dump(entries)
+    assert entries[src2]["iif"] == "up2" and entries[src2]["oifs"] == ["d2"], dump(entries)
     why = {c["downstream"]: c for c in inst["selection"]["channels"]}
-    assert why["d1"]["record"] == "subscriber 2001:db8:1::/48", dump(why)
+    assert why["d1"]["record"] == f"subscriber {sub1}", dump(why)
     assert why["d2"]["upstreams"] == ["up2"]
     counts = {n: len(stop_receiver(lab, n)) for n in ("l1a", "l1b", "l2a", "l2b")}
     assert counts["l1a"] >= 98 and counts["l2b"] >= 98, counts
