@@ -103,6 +103,7 @@ class ProxyInstance:
         self._mirrored: dict[tuple[Address, Address], float] = {}
         self._misplaced_since: dict[tuple[Address, Address], float] = {}
         self._carrier_lost: set[str] = set()  # upstreams taken down by _check_carriers
+        self._upstream_states: dict[str, str] = {}  # last logged state per candidate
 
     def _make_selector(self, cfg: Instance) -> UpstreamSelector | None:
         if cfg.selection is None:
@@ -234,7 +235,7 @@ class ProxyInstance:
             q.start()
         if role is Role.UPSTREAM and self.selector:
             self.selector.set_link(ifname, True)
-            self._upstream_event(ifname, "usable" if self.selector.usable(ifname) else "up")
+            self._upstream_event(ifname)
             self._reselect(None)
         elif role is not Role.DOWNSTREAM:
             for group in self.groups():
@@ -249,8 +250,8 @@ class ProxyInstance:
         if role is Role.UPSTREAM and self.selector:
             # Takeover: select again without this upstream first, so that flows it was the
             # parent of move to a tied (robust reception) or newly joined upstream at once.
-            if self.selector.set_link(ifname, False):
-                self._upstream_event(ifname, "failed: link down")
+            self.selector.set_link(ifname, False)
+            self._upstream_event(ifname)
             self._reselect(None)
         if vif:
             # Flows that entered here (a source that left) must be re-learned elsewhere.
@@ -322,9 +323,11 @@ class ProxyInstance:
             # The host stack answers it; we only note that the upstream has a querier.
             self.counters["rx_upstream_query"] += 1
             self.upstream_queriers[ifname] = (src, self.scheduler.time())
-            if self.selector and self.selector.query_heard(ifname, src):
-                self._upstream_event(ifname, "usable (querier heard)")
-                self._reselect(None)
+            if self.selector:
+                changed = self.selector.query_heard(ifname, src)
+                self._upstream_event(ifname)
+                if changed:
+                    self._reselect(None)
         else:
             self.counters["rx_upstream_ignored"] += 1
 
@@ -408,16 +411,22 @@ class ProxyInstance:
         """A selector timer changed a choice (querier lost, restore, end of a pin)."""
         if self.selector:
             for ifname in self.cfg.upstreams:
-                state = self.selector.state(ifname)
-                if state != "usable" and not state.startswith("failed: link"):
-                    self._upstream_event(ifname, state)
+                self._upstream_event(ifname)
         self._reselect(groups)
 
     def _reselect(self, groups: set[Address] | None) -> None:
         for group in sorted(self.groups() if groups is None else groups, key=str):
             self.refresh(group)
 
-    def _upstream_event(self, ifname: str, state: str) -> None:
+    def _upstream_event(self, ifname: str) -> None:
+        """Log a candidate's state (usable, failed: why, restoring) once per change."""
+        if self.selector is None:
+            return
+        state = self.selector.state(ifname)
+        state = "restoring" if state.startswith("restoring") else state.split(" (")[0]
+        if self._upstream_states.get(ifname) == state:
+            return
+        self._upstream_states[ifname] = state
         self.log.info("upstream %s: %s", ifname, state)
         self.emit("upstream_state", f"{ifname} {state}")
 

@@ -586,7 +586,7 @@ def test_querier_loss_hands_over_and_revert_waits_to_restore(lab):
     assert wait_for(lambda: ("up1", g) in joined(proxy), 5), dump(proxy.instance())
     assert wait_for(lambda: ("up2", g) not in joined(proxy), 3)  # after the overlap
     record(lab, "querier_loss", {"takeover_s": round(took, 2)})
-    assert 1.5 <= took <= 4.0, took
+    assert 0.9 <= took <= 4.0, took  # T after the last query, which came up to 1 s before
     sender(lab, src, "e0", g, "snd", duration=0.5).wait(10)
     time.sleep(0.3)
     assert len(stop_receiver(lab, "l1")) >= 48

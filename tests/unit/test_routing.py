@@ -842,3 +842,28 @@ def test_querier_takes_new_timers_without_dropping_state():
     sched.advance(20.5)
     assert len(sent) == count + 1  # the next General Query came at the new interval
     assert q.state(G1) == EX() and q.timers.query_interval == 20
+
+
+# --- the control socket ------------------------------------------------------------------
+
+
+def test_ctl_migrate_moves_the_held_subscriptions_of_one_group():
+    from proxy.daemon import Daemon
+
+    h = Harness(*MIGRATE_BEFORE)
+    h.choose()
+    h.choose(group=a("ff0e::2"))
+    h.reload(*MIGRATE_AFTER)
+    h.choose()
+    h.choose(group=a("ff0e::2"))
+    assert len(h.ups.pins) == 2
+
+    class Running:  # what Daemon.command needs of a ProxyInstance
+        name, selector = "p", h.ups
+
+    daemon = Daemon(parse("pinstance p: u1 u2 ==> d1;"), ctl_path="/nonexistent")
+    daemon.instances["p"] = Running()  # type: ignore[assignment]
+    reply = daemon.command({"cmd": "migrate", "instance": "p", "group": str(G1)})
+    assert reply == {"ok": True, "moved": 1} and h.changes[-1] == {G1}
+    assert daemon.command({"cmd": "migrate", "instance": "p"}) == {"ok": True, "moved": 1}
+    assert daemon.command({"cmd": "migrate", "instance": "q"})["ok"] is False
