@@ -236,6 +236,7 @@ class NetLab:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
+        self._anchors: dict[str, int] = {}
 
     def __enter__(self) -> NetLab:
         return self
@@ -254,6 +255,12 @@ class NetLab:
             knobs += ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
         self.sh(full, "ip link set lo up && sysctl -qw " + " ".join(knobs))
         return full
+
+    def anchor(self, ns: str) -> int:
+        """PID of a process that lives as long as ``ns`` (to read its /proc/PID/net files)."""
+        if ns not in self._anchors:
+            self._anchors[ns] = self.spawn(ns, ["sleep", "infinity"]).pid
+        return self._anchors[ns]
 
     def sh(self, ns: str, cmd: str, check: bool = True) -> str:
         res = subprocess.run(
@@ -416,17 +423,25 @@ class IgmpProxy:
     ) -> None:
         lines = [f"phyint {upstream} upstream ratelimit 0 threshold 1", "  altnet 198.18.0.0/15"]
         lines += [f"phyint {d} downstream ratelimit 0 threshold 1" for d in downstreams]
+        self.lab, self.ns, self.name, self.want = lab, ns, name, 1 + len(downstreams)
         self.path = lab.tmp / f"{name}.conf"
         self.path.write_text("\n".join(lines) + "\n")
-        self.proc = lab.spawn(ns, [self.BIN, "-n", str(self.path)], f"{name}.out")
-        want = 1 + len(downstreams)
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = self.lab.spawn(self.ns, [self.BIN, "-n", str(self.path)], f"{self.name}.out")
         ok = wait_for(
-            lambda: self.proc.poll() is not None or self._vifs() >= want, 10, interval=0.05
+            lambda: self.proc.poll() is not None or self._vifs() >= self.want, 10, interval=0.02
         )
         if not ok or self.proc.poll() is not None:
-            raise RuntimeError(
-                f"igmpproxy did not start in {ns}: {(lab.tmp / f'{name}.out').read_text()}"
-            )
+            out = (self.lab.tmp / f"{self.name}.out").read_text()
+            raise RuntimeError(f"igmpproxy did not start in {self.ns}: {out}")
+
+    def restart(self) -> None:
+        """A fresh daemon: no state left from earlier receivers (its leave takes 20 s)."""
+        self.stop()
+        self.lab.procs = [p for p in self.lab.procs if p is not self.proc]
+        self._start()
 
     def _vifs(self) -> int:
         try:

@@ -65,6 +65,7 @@ QUICK = {
 }
 TARGET = {"groups": 10000, "listeners": 10, "converge_s": 10.0, "rss_mb": 150.0}
 SENTINEL = {6: "ff0e::ffff:ffff", 4: "239.254.254.254"}
+PROBE = {6: "ff0e::ffff:fffe", 4: "239.254.254.253"}
 MAXVIFS = 32
 
 
@@ -206,9 +207,10 @@ def mfc_with_oifs(pid: int, family: int) -> int:
     return n
 
 
-def mrt_inode(pid: int, family: int) -> int:
-    """Inode of the proxy's receiving raw socket: its newest raw socket (the MRT socket is
-    opened after pymcproxy's query sender; igmpproxy has only one)."""
+def mrt_inode(pid: int, family: int, probe) -> int:
+    """Inode of the proxy's receiving raw socket. pymcproxy has a second raw socket of the
+    same protocol (its query sender) that also gets a copy of every report and is never
+    read, so ``probe()`` sends one report and the socket that drained it is the one."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -218,11 +220,21 @@ def mrt_inode(pid: int, family: int) -> int:
         if link.startswith("socket:["):
             inodes.add(int(link[8:-1]))
     path = f"/proc/{pid}/net/raw6" if family == 6 else f"/proc/{pid}/net/raw"
-    mine = [int(ln.split()[9]) for ln in Path(path).read_text().splitlines()[1:]]
-    mine = [i for i in mine if i in inodes]
-    if not mine:
+
+    def queues() -> dict[int, int]:
+        out = {}
+        for ln in Path(path).read_text().splitlines()[1:]:
+            f = ln.split()
+            if int(f[9]) in inodes:
+                out[int(f[9])] = int(f[4].split(":")[1], 16)
+        return out
+
+    if not queues():
         raise RuntimeError("the proxy has no raw socket")
-    return max(mine)
+    probe()
+    time.sleep(0.2)
+    q = queues()
+    return min(q, key=lambda inode: (q[inode], -inode))
 
 
 def raw_queue(pid: int, family: int, inode: int) -> tuple[int, int]:
@@ -389,6 +401,7 @@ def run_point(
     groups = [group_addr(fam, n) for n in range(groups_n)]
     factory = ReportFactory(fam, groups)
     sentinel = ReportFactory(fam, [SENTINEL[fam]]).frames(1, 1)[0]
+    probe = ReportFactory(fam, [PROBE[fam]]).frames(1, 1)[0]
     frames = []
     for j in range(listeners):
         for k in range(1, bed.d + 1):
@@ -407,7 +420,7 @@ def run_point(
         if proxy.proc.poll() is not None:
             raise RuntimeError("proxy exited at start")
         rss0 = common.proc_status_kb(pid, "VmRSS")
-        inode = mrt_inode(pid, fam)
+        inode = mrt_inode(pid, fam, lambda: bed.socks[1].send(probe))
         _, drops0 = raw_queue(pid, fam, inode)
         if profile_to is not None:
             spy = _py_spy(pid, Path(f"{profile_to}-reports.txt"))
@@ -453,7 +466,9 @@ def run_point(
             spy = None
         if kind == "ours" and proxy.proc.poll() is None:
             counters = proxy.show()["instances"][0]["counters"]
+            # Our reports, the probe, the sentinel (and the proxy's own host stack's).
             row["proxy_rx_reports"] = counters.get("rx_report", 0)
+            row["reports_lost"] = max(0, len(frames) + 2 - row["proxy_rx_reports"])
         if t_done is not None and proxy.proc.poll() is None:
             if profile_to is not None:
                 spy = _py_spy(pid, Path(f"{profile_to}-mfc.txt"))
@@ -522,7 +537,9 @@ def profile_summary(path: Path, top: int = 12) -> dict[str, Any]:
         stack, n = m.group(1).split(";"), int(m.group(2))
         total += n
         frames = [re.sub(r" \((?:[^()]*/)?([^/()]+:\d+)\)$", r" (\1)", f) for f in stack]
-        funcs = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        funcs = [re.sub(r":\d+\)$", ")", f) for f in frames if f.strip()]
+        if not funcs:
+            continue
         self_s[funcs[-1]] = self_s.get(funcs[-1], 0) + n
         for f in set(funcs):
             if not _FRAMEWORK.search(f):
@@ -601,7 +618,8 @@ def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
     cols += ["records_per_s", "processed_s", "upstream_converged_s", "upstream_groups"]
     cols += ["cpu_s", "cpu_s_per_1000_reports", "cpu_s_per_1000_records", "us_per_record"]
     cols += ["rss_mb", "rss_peak_mb", "rss_start_mb", "mfc_entries", "mfc_install_per_s"]
-    cols += ["mfc_time_s", "mfc_cpu_s", "socket_drops", "send_s", "stop_s", "loadavg_1min"]
+    cols += ["mfc_time_s", "mfc_cpu_s", "socket_drops", "proxy_rx_reports", "reports_lost"]
+    cols += ["send_s", "stop_s", "loadavg_1min"]
     cols += ["error"]
     common.write_csv(results / "scale.csv", rows, cols)
     draw(rows, results)

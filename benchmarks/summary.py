@@ -31,6 +31,11 @@ def _verdict(ok: Any) -> str:
     return "-" if ok is None else ("pass" if ok else "**MISS**")
 
 
+def _miss(t: dict[str, Any]) -> str:
+    v = _verdict(t["pass"])
+    return v + (f" by {t['missed_by']:.2f}" if t.get("missed_by") is not None else "")
+
+
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += [
@@ -81,16 +86,15 @@ def goodput_section(results: Path) -> tuple[list[str], list[list[Any]]]:
         table.append(line)
     lines += _table(head, table)
     targets = []
+    whys = []
     for r in run.get("ratios", []):
         if r["mode"] == "multicast-ours" and r["pass"] is not None:
-            targets.append(
-                [
-                    f"goodput ratio ours/unicast, {r['payload_bytes']} B x{r['receivers']}",
-                    ">= 0.95",
-                    r["ratio"],
-                    _verdict(r["pass"]),
-                ]
-            )
+            what = f"goodput ratio ours/unicast, {r['payload_bytes']} B x{r['receivers']}"
+            if r.get("missed_by"):
+                whys.append(f"- {what}: {r.get('why', '')}")
+            targets.append([what, ">= 0.95", r["ratio"], _miss(r)])
+    if whys:
+        lines += ["", "Misses (ours):", "", *whys]
     return lines, targets
 
 
@@ -131,10 +135,7 @@ def latency_section(results: Path) -> tuple[list[str], list[list[Any]]]:
                 ]
             )
     lines += _table(head, rows)
-    targets = [
-        [t["target"], t["limit"], t["measured"], _verdict(t["pass"])]
-        for t in lat.get("targets", [])
-    ]
+    targets = [[t["target"], t["limit"], t["measured"], _miss(t)] for t in lat.get("targets", [])]
     return lines, targets
 
 
@@ -199,9 +200,19 @@ def scale_section(results: Path) -> tuple[list[str], list[list[Any]]]:
         lines.append("")
         inc = [[p["function"], p["share"] * 100] for p in prof["inclusive"][:12]]
         lines += _table(["function (inclusive)", "% samples"], inc)
-    targets = [
-        [t["target"], t["limit"], t["measured"], _verdict(t["pass"])] for t in sc.get("targets", [])
-    ]
+    mfc = (sc.get("profile") or {}).get("py_spy_mfc") or {}
+    if mfc.get("self"):
+        lines += ["", f"Profiler during the MFC phase (py-spy, {mfc['samples']} samples):", ""]
+        lines += _table(
+            ["function (self)", "% samples"],
+            [[p["function"], p["share"] * 100] for p in mfc["self"][:6]],
+        )
+        lines.append("")
+        lines += _table(
+            ["function (inclusive)", "% samples"],
+            [[p["function"], p["share"] * 100] for p in mfc["inclusive"][:6]],
+        )
+    targets = [[t["target"], t["limit"], t["measured"], _miss(t)] for t in sc.get("targets", [])]
     return lines, targets
 
 

@@ -119,6 +119,7 @@ def test_scale_rows_for_each_size(quick_results):
         assert r["upstream_groups"] >= g
         assert r["records_per_s"] > 0 and r["rss_peak_mb"] > 0 and r["cpu_s"] >= 0
         assert r["mfc_entries"] >= g
+        assert r["reports_lost"] == 0, r
     for kind in ("ours", "igmpproxy"):
         for g, n, d in scale.QUICK["grid_v4"]:
             assert "error" not in got[(kind, "IPv4", g, n, d)], got[(kind, "IPv4", g, n, d)]
