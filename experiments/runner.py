@@ -236,7 +236,9 @@ class Run:
             for r in self.roles.receivers
         }
         self._wait_subscribed()
-        start_ns = time.time_ns() + 100_000_000
+        # The sender (a new Python process) must be up before packet 0 is due: a late start
+        # sends a burst, and the kernel queues only 4 packets per (S,G) it has not resolved.
+        start_ns = time.time_ns() + 400_000_000
         sender = self._probe(
             self.roles.source,
             "send",

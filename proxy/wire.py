@@ -7,6 +7,7 @@ to the caller.
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
 from collections import Counter
@@ -116,6 +117,22 @@ def join_router_groups(sock: socket.socket, family: int, ifidx: int, join: bool 
             pass  # already joined / interface gone: both harmless here
 
 
+SO_ATTACH_FILTER = 26
+
+
+class _Bpf:
+    """A classic BPF program kept alive with its struct sock_fprog (the kernel copies it)."""
+
+    def __init__(self, instructions: bytes) -> None:
+        self.buf = ctypes.create_string_buffer(instructions)
+        count = len(instructions) // 8
+        self.program = struct.pack("HL", count, ctypes.addressof(self.buf))
+
+
+def _bpf_drop_all() -> _Bpf:
+    return _Bpf(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0
+
+
 class QuerySender:
     """Sends queries with hop limit 1, Router Alert and (MLD) a link-local source."""
 
@@ -133,6 +150,11 @@ class QuerySender:
             self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
             self.sock.setsockopt(socket.IPPROTO_IP, IP_OPTIONS, _IPV4_ROUTER_ALERT)
+        # A send-only socket: a raw socket gets a copy of every IGMP/MLD packet, which
+        # would pile up unread. A one-instruction BPF program ("accept 0 bytes") drops
+        # them in the kernel before they are queued.
+        self._drop_all = _bpf_drop_all()
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, self._drop_all.program)
         self.sock.setblocking(False)
 
     def send(self, ifidx: int, src: Address | None, query: Query) -> bool:
