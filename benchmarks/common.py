@@ -26,6 +26,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from topologies import clean
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 RESULTS = REPO / "results" / "bench"
@@ -316,13 +318,7 @@ class NetLab:
             with suppress(Exception):
                 self.stop(proc, 3.0)
         for ns in self.namespaces:
-            pids = subprocess.run(
-                ["ip", "netns", "pids", ns], capture_output=True, text=True
-            ).stdout.split()
-            for pid in pids:
-                with suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            clean.remove_netns(ns, log=lambda *_: None)
         self.namespaces.clear()
 
 

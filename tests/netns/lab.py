@@ -13,6 +13,8 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
+from topologies import clean
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
@@ -102,13 +104,7 @@ class Lab:
             with suppress(Exception):
                 self.stop(proc, 3.0)
         for ns in self.namespaces:
-            pids = subprocess.run(
-                ["ip", "netns", "pids", ns], capture_output=True, text=True
-            ).stdout.split()
-            for pid in pids:
-                with suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            clean.remove_netns(ns, log=lambda *_: None)
 
 
 # --- the proxy and the probes -------------------------------------------------------------
