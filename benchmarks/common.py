@@ -406,6 +406,7 @@ class OursProxy:
 
     def stop(self) -> None:
         NetLab.stop(self.proc)
+        Path(self.ctl).unlink(missing_ok=True)  # left behind if the daemon had to be killed
 
 
 class IgmpProxy:
