@@ -80,6 +80,7 @@ class Network:
     attached: dict[str, int] = field(default_factory=dict)  # end node -> MAG number
     configs: dict[str, str] = field(default_factory=dict)
     _backend_error: Exception | None = None
+    moves: int = 0  # L2 attaches so far: each new radio link gets its own seed
 
     # --- naming ---------------------------------------------------------------------------
 
@@ -358,8 +359,9 @@ class Network:
             self.endpoints[(node, "eth0")],
             peer,
             self.profile(self.spec.access),
-            self.link_seed(1000 + len(self.backend.describe()["links"])),
+            self.link_seed(1000 + self.moves),
         )
+        self.moves += 1
         self.attached[node] = mag
 
     # --- stop and describe ----------------------------------------------------------------
