@@ -273,7 +273,8 @@ def goodput_figure(entries: list[dict[str, object]]) -> plt.Figure:
     return fig
 
 
-def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write ``name``.png and .pdf into ``out_dir`` and close the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     # No timestamps in the files, so that unchanged results give unchanged figures.
@@ -304,7 +305,7 @@ def make_figures(
         except (ValueError, json.JSONDecodeError) as exc:
             skip(GOODPUT_NAME, f"{goodput_json}: {exc}")
         else:
-            outcome.written += _save(goodput_figure(entries), out_dir, GOODPUT_NAME)
+            outcome.written += save_figure(goodput_figure(entries), out_dir, GOODPUT_NAME)
             log(f"{GOODPUT_NAME}: written")
     for spec in FIGURES:
         reason = missing_inputs(runs, spec)
@@ -312,6 +313,6 @@ def make_figures(
             skip(spec.name, reason)
             continue
         draw = delay_space_figure if spec.kind == "delay-space" else handover_figure
-        outcome.written += _save(draw(runs, spec), out_dir, spec.name)
+        outcome.written += save_figure(draw(runs, spec), out_dir, spec.name)
         log(f"{spec.name}: written")
     return outcome

@@ -317,7 +317,7 @@ def draw(rows: list[dict[str, Any]], results: Path) -> list[Path]:
     """fig02 through analysis.figures (the figure code lives there), plus the ratio plot."""
     import warnings
 
-    from analysis.figures import goodput_figure
+    from analysis.figures import goodput_figure, save_figure
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -343,15 +343,4 @@ def draw(rows: list[dict[str, Any]], results: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     paths += save_figure(fig, results, "goodput-ratio")
-    return paths
-
-
-def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"CreationDate": None, "Creator": None})
-    plt.close(fig)
     return paths

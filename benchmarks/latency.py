@@ -336,7 +336,7 @@ def draw(trials: list[dict[str, Any]], results: Path) -> list[Path]:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import NullFormatter
 
-    from benchmarks.goodput import save_figure
+    from analysis.figures import save_figure
 
     names = list(dict.fromkeys(r["arm"] for r in trials))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")

@@ -669,7 +669,7 @@ def draw(rows: list[dict[str, Any]], results: Path) -> list[Path]:
         warnings.simplefilter("ignore")
         import matplotlib.pyplot as plt
 
-    from benchmarks.goodput import save_figure
+    from analysis.figures import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     series: dict[tuple, list[dict]] = {}
