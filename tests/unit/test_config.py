@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
@@ -12,13 +12,19 @@ from proxy.config import (
     AUTO_TABLE_BASE,
     DEFAULT_TABLE,
     AddressMatch,
+    Candidate,
     Config,
     ConfigError,
     DownstreamOptions,
     FilterBinding,
+    Instance,
     Rule,
     RuleMatching,
+    Selection,
+    SelectionRecord,
+    SwitchPolicy,
     Table,
+    Takeover,
     load,
     parse,
     render,
@@ -695,3 +701,139 @@ def test_config_equality_ignores_the_path():
     text = (DATA / "mag1.conf").read_text()
     assert parse(text, "one") == parse(text, "two")
     assert isinstance(parse(text), Config)
+
+
+# --- configs built in Python ---------------------------------------------------------
+
+#: The lab's MAG timers (topologies.network.ProxySettings): mobility, QRI 10 ms.
+LAB_TIMERS = replace(
+    MOBILITY, query_response_interval=0.01, startup_query_count=2, last_listener_query_interval=0.1
+)
+
+
+def lab_mag1() -> Config:
+    """MAG 1 of a two-LMA lab with peering, built as objects."""
+    return Config.build(
+        [
+            Instance.build(
+                "mag1_lma1",
+                upstreams=["t-lma1"],
+                downstreams=["a-mn1", "a-cn1"],
+                peerings=["p1m2l1"],
+                timers=LAB_TIMERS,
+                table_id=11,
+            ),
+            Instance.build(
+                "mag1_lma2",
+                ["t-lma2"],
+                ["a-mn2"],
+                peerings=["p2m2l2"],
+                timers=LAB_TIMERS,
+                table_id=12,
+            ),
+        ],
+        protocol="MLDv2",
+    )
+
+
+def test_a_built_mag_config_equals_the_text_the_lab_writes():
+    timers = (
+        "query-interval 60 query-response-interval 10ms startup-query-interval 1 "
+        "startup-query-count 2 last-listener-query-interval 100ms last-listener-query-count 1"
+    )
+    lab_text = (
+        "protocol MLDv2;\n"
+        "pinstance mag1_lma1(11): t-lma1 ==> a-mn1 a-cn1;\n"
+        "pinstance mag1_lma1 peering p1m2l1;\n"
+        f"pinstance mag1_lma1 timers {timers};\n"
+        "pinstance mag1_lma2(12): t-lma2 ==> a-mn2;\n"
+        "pinstance mag1_lma2 peering p2m2l2;\n"
+        f"pinstance mag1_lma2 timers {timers};\n"
+    )
+    assert lab_mag1() == parse(lab_text)
+
+
+def test_a_built_mag_config_renders_and_reads_back_equal():
+    c = lab_mag1()
+    text = render(c)
+    assert "pinstance mag1_lma1(11): t-lma1 ==> a-mn1 a-cn1;" in text
+    assert "pinstance mag1_lma1 peering p1m2l1;" in text
+    assert "query-response-interval 0.01s" in text
+    back = parse(text)
+    assert back == c
+    assert back.instance("mag1_lma2").timers.query_response_interval == 0.01
+    assert [i.table_id for i in back.instances] == [11, 12]
+
+
+def test_built_instances_without_ids_get_the_ids_a_file_would_give():
+    lone = Config.build([Instance.build("a", ["x"], ["y"])], protocol="MLDv2")
+    assert lone.instances[0].table_id == DEFAULT_TABLE[6]
+    pair = Config.build(
+        [Instance.build("a", ["x"], ["y"]), Instance.build("b", ["u"], ["v"], table_id=7)]
+    )
+    assert [i.table_id for i in pair.instances] == [AUTO_TABLE_BASE, 7]
+    assert parse(render(pair)) == pair == parse("pinstance a: x ==> y; pinstance b(7): u ==> v;")
+
+
+def test_a_built_multiple_upstream_config_reads_back_equal():
+    no_querier = Takeover("no-querier", 1.5)
+    inst = Instance.build(
+        "px",
+        ["up1", "up2"],
+        ["d1", "d2"],
+        table_id=10,
+        downstream_options={
+            "d1": DownstreamOptions(2, subscribers=(ip_network("2001:db8:1::/64"),))
+        },
+        selection=Selection(
+            candidates=(
+                Candidate(
+                    "up1",
+                    priority=7,
+                    records=(SelectionRecord(group=AddressMatch.network("ff0e::/16")),),
+                    takeover=no_querier,
+                ),
+                Candidate("up2", takeover=no_querier),
+            ),
+            default="up2",
+            revert=SwitchPolicy("after", 2.0),
+            migrate=SwitchPolicy("move"),
+            overlap=0.0,
+        ),
+    )
+    c = Config.build([inst], protocol="MLDv2")
+    text = render(c)
+    assert "pinstance px upstream up1 select group ff0e::/16;" in text
+    assert "pinstance px upstream up2 takeover no-querier 1.5s;" in text
+    assert "pinstance px upstream * revert after 2s;" in text
+    assert parse(text) == c
+
+
+def test_a_built_selection_gets_a_candidate_for_every_upstream_in_order():
+    inst = Instance.build(
+        "px", ["u1", "u2"], ["d"], selection=Selection((Candidate("u2", priority=3),))
+    )
+    assert inst.selection is not None
+    assert inst.selection.candidates == (Candidate("u1"), Candidate("u2", priority=3))
+    with pytest.raises(ValueError, match="not upstreams"):
+        Instance.build("px", ["u1"], ["d"], selection=Selection((Candidate("u9"),)))
+
+
+def test_built_rule_matching_and_filters_read_back_equal():
+    ssm = Table("ssm", (Rule(None, AddressMatch.network("ff3e::/16"), AddressMatch.wildcard()),))
+    inst = Instance.build(
+        "p",
+        ["u1", "u2"],
+        ["d"],
+        rule_matching=[RuleMatching("in", "mutex", 500)],
+        filters=[FilterBinding("upstream", "u1", "out", "whitelist", ssm)],
+    )
+    c = Config.build([inst], protocol="MLDv2")
+    assert c.tables == {"ssm": ssm}
+    assert "pinstance p upstream u1 out whitelist table ssm;" in render(c)
+    assert parse(render(c)) == c
+
+
+def test_config_build_refuses_an_unknown_protocol():
+    with pytest.raises(ValueError, match="unknown protocol"):
+        Config.build([], protocol="MLDv3")
