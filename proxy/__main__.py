@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from proxy import __version__
+from proxy import __version__, ctl
 from proxy import config as configmod
-from proxy.daemon import DEFAULT_CTL, Daemon
+from proxy.ctl import DEFAULT_CTL
+from proxy.daemon import Daemon
 from proxy.events import EventLog
 from proxy.instance import Tunables
 from proxy.kernel import KernelError
@@ -20,8 +21,6 @@ from proxy.kernel import KernelError
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:
-        from proxy import ctl
-
         return ctl.main(argv[1:])
     p = argparse.ArgumentParser(
         prog="pymcproxy",

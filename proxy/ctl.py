@@ -1,13 +1,33 @@
-"""The control client: ``pymcproxy-ctl show`` asks a running daemon what it is doing."""
+"""The control socket: its protocol, the daemon's server end and the client ``pymcproxy-ctl``.
+
+One request per connection: the client sends one JSON object on one line, the server
+answers with one JSON object on one line and closes. Every reply has ``"ok"``; a failed
+one has ``"error"``. ``pymcproxy-ctl show`` asks a running daemon what it is doing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import os
 import socket
 import sys
+from collections.abc import Callable
 
-from proxy.daemon import DEFAULT_CTL
+DEFAULT_CTL = "/run/pymcproxy.sock"
+COMMANDS = ("show", "reload", "add-downstream", "remove-downstream", "migrate", "stop")
+
+
+def encode(message: dict) -> bytes:
+    """One request or reply as it goes on the socket (values JSON cannot hold become text)."""
+    return json.dumps(message, default=str).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict:
+    """A request or reply read from the socket; an empty request means ``show``."""
+    return json.loads(line or b"{}")
 
 
 def request(path: str, req: dict, timeout: float = 5.0) -> dict:
@@ -15,11 +35,42 @@ def request(path: str, req: dict, timeout: float = 5.0) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(json.dumps(req).encode() + b"\n")
+        s.sendall(encode(req))
         buf = b""
         while chunk := s.recv(1 << 16):
             buf += chunk
-    return json.loads(buf)
+    return decode(buf)
+
+
+async def start_server(path: str, handle: Callable[[dict], dict]) -> asyncio.AbstractServer:
+    """Listen on ``path`` (mode 0600, replacing a stale socket); ``handle`` answers requests.
+
+    A request that ``handle`` rejects with ValueError, KeyError or TypeError (bad JSON, a
+    missing or wrong field) gets ``{"ok": false, "error": ...}``.
+    """
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            try:
+                reply = handle(decode(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                reply = {"ok": False, "error": str(exc)}
+            writer.write(encode(reply))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(serve, path=path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return server
 
 
 def render_text(reply: dict) -> str:

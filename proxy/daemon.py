@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -12,6 +11,7 @@ from collections import Counter
 from ipaddress import IPv6Address, ip_address
 
 from proxy import config as configmod
+from proxy import ctl
 from proxy.events import EventLog
 from proxy.instance import ProxyInstance, Tunables
 from proxy.kernel import set_mc_forwarding_sysctls
@@ -19,7 +19,6 @@ from proxy.netlink import LinkMonitor, LinkState
 from proxy.wire import QuerySender, arrival_ifindex, parse_igmp, parse_mld
 
 log = logging.getLogger("pymcproxy")
-DEFAULT_CTL = "/run/pymcproxy.sock"
 
 
 class Daemon:
@@ -28,7 +27,7 @@ class Daemon:
     def __init__(
         self,
         cfg: configmod.Config,
-        ctl_path: str = DEFAULT_CTL,
+        ctl_path: str = ctl.DEFAULT_CTL,
         tunables: Tunables | None = None,
         events: EventLog | None = None,
     ):
@@ -56,7 +55,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: self.reload())
-            server = await self._start_ctl()
+            server = await ctl.start_server(self.ctl_path, self.command)
             log.info(
                 "running %d instance(s): %s; control socket %s",
                 len(self.instances),
@@ -178,30 +177,6 @@ class Daemon:
 
     # --- control socket -----------------------------------------------------------------------
 
-    async def _start_ctl(self) -> asyncio.AbstractServer:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.ctl_path)
-        os.makedirs(os.path.dirname(self.ctl_path) or ".", exist_ok=True)
-        old_umask = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(self._serve, path=self.ctl_path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.ctl_path, 0o600)
-        return server
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await reader.readline()
-            try:
-                reply = self.command(json.loads(line or b"{}"))
-            except (ValueError, KeyError, TypeError) as exc:
-                reply = {"ok": False, "error": str(exc)}
-            writer.write(json.dumps(reply, default=str).encode() + b"\n")
-            await writer.drain()
-        finally:
-            writer.close()
-
     def command(self, req: dict) -> dict:
         """Execute one control request (also used by tests)."""
         cmd = req.get("cmd", "show")
@@ -240,6 +215,5 @@ class Daemon:
             return {"ok": True}
         return {
             "ok": False,
-            "error": f"unknown command {cmd!r} "
-            "(show, reload, add-downstream, remove-downstream, migrate, stop)",
+            "error": f"unknown command {cmd!r} ({', '.join(ctl.COMMANDS)})",
         }
