@@ -1,14 +1,13 @@
 """Router side of one downstream interface: querier election, General Queries, lifecycle.
 
 One ``Querier`` runs RFC 3376 §6 (IGMPv3) or RFC 3810 §7 (MLDv2) on one link, with the
-older-version compatibility of RFC 3376 §7.3 / RFC 3810 §8.3 and the SSM rules of
-RFC 4605 §4.3. The two families share one implementation: only the per-family constants in
+older-version compatibility of RFC 3376 §7.3 / RFC 3810 §8.3 and the SSM rules of RFC 4605
+§4.3. The two families share one implementation: only the per-family constants in
 ``proxy.groups.FAMILIES`` differ. The per-group records and the §6.4 tables are
 ``proxy.groups.GroupTable``, which ``Querier`` extends. Nothing here touches sockets or
-clocks: received messages come in
-through ``receive()``, queries go out through the injected ``send`` callable, and all timing
-goes through an injected ``Scheduler`` (an asyncio loop in the daemon, ``FakeScheduler`` in
-tests).
+clocks: received messages come in through ``receive()``, queries go out through the injected
+``send`` callable, and all timing goes through an injected ``Scheduler`` (an asyncio loop in
+the daemon, ``FakeScheduler`` in tests).
 
 The result consumed by the proxy is the forwarding view: ``state(group)`` is the RFC 4605
 per-interface record INCLUDE(sources with running timers) or EXCLUDE(sources whose timers
