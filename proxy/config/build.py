@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 
+from proxy.config import rules
+from proxy.config import selection as sel
+from proxy.config import statements as st
 from proxy.config.grammar import SWITCH_MODES, Parser
 from proxy.config.model import (
     DEFAULT_PROTOCOL,
@@ -20,45 +23,6 @@ from proxy.config.model import (
     Instance,
     assign_table_ids,
 )
-from proxy.config.rules import (
-    DEFAULT_RULE_MATCHING,
-    AddressMatch,
-    FilterBinding,
-    Network,
-    Rule,
-    RuleMatching,
-    Table,
-    match_length,
-)
-from proxy.config.selection import (
-    DEFAULT_MIGRATE,
-    DEFAULT_OVERLAP,
-    DEFAULT_REVERT,
-    Candidate,
-    Selection,
-    SelectionRecord,
-    SwitchPolicy,
-    Takeover,
-)
-from proxy.config.statements import (
-    Bound,
-    FilterStmt,
-    InstanceStmt,
-    Name,
-    OptionStmt,
-    Part,
-    PeeringStmt,
-    ProtocolStmt,
-    RawRef,
-    RawRule,
-    RawTable,
-    RuleMatchingStmt,
-    Stmt,
-    SubscribersStmt,
-    TableStmt,
-    TimersStmt,
-    UpstreamStmt,
-)
 from proxy.config.tokens import Token
 from proxy.messages import Address
 from proxy.timers import PROFILES, with_overrides
@@ -66,16 +30,18 @@ from proxy.timers import PROFILES, with_overrides
 
 @dataclass
 class _InstanceDraft:
-    stmt: InstanceStmt
+    stmt: st.InstanceStmt
     table_id: int | None
-    filters: dict[tuple[str, str, str], tuple[FilterBinding, Token]] = field(default_factory=dict)
-    rule_matching: dict[str, tuple[RuleMatching, Token]] = field(default_factory=dict)
+    filters: dict[tuple[str, str, str], tuple[rules.FilterBinding, Token]] = field(
+        default_factory=dict
+    )
+    rule_matching: dict[str, tuple[rules.RuleMatching, Token]] = field(default_factory=dict)
     peerings: list[str] = field(default_factory=list)
     options: dict[tuple[str, str], tuple[int | bool, Token]] = field(default_factory=dict)
-    subscribers: dict[str, tuple[tuple[Network, ...], Token]] = field(default_factory=dict)
+    subscribers: dict[str, tuple[tuple[rules.Network, ...], Token]] = field(default_factory=dict)
     # multiple upstreams: (ifname or "*", key) -> (value, token); records per upstream
     upstream: dict[tuple[str, str], tuple[object, Token]] = field(default_factory=dict)
-    records: dict[str, list[tuple[SelectionRecord, Token]]] = field(default_factory=dict)
+    records: dict[str, list[tuple[sel.SelectionRecord, Token]]] = field(default_factory=dict)
     selection_kw: Token | None = None
     profile: tuple[str, Token] | None = None
     overrides: dict[str, float | int] = field(default_factory=dict)
@@ -89,22 +55,22 @@ class _InstanceDraft:
 class Builder:
     """Turns statements into a ``Config``: protocol, instances, tables, then the rest."""
 
-    def __init__(self, path: str, stmts: list[Stmt]) -> None:
+    def __init__(self, path: str, stmts: list[st.Stmt]) -> None:
         self.path = path
         self.stmts = stmts
         self.protocol = DEFAULT_PROTOCOL
         self.family, self.version = PROTOCOLS[DEFAULT_PROTOCOL]
         self.drafts: dict[str, _InstanceDraft] = {}
         self.owners: dict[str, tuple[str, str, Token]] = {}
-        self.raw_tables: dict[str, TableStmt] = {}
-        self.tables: dict[str, Table] = {}
+        self.raw_tables: dict[str, st.TableStmt] = {}
+        self.tables: dict[str, rules.Table] = {}
 
     def error(self, tok: Token, message: str) -> ConfigError:
         return ConfigError(self.path, tok.line, tok.col, message)
 
     def build(self) -> Config:
         # Protocol first because it fixes the address family every later check needs.
-        protocols = [s for s in self.stmts if isinstance(s, ProtocolStmt)]
+        protocols = [s for s in self.stmts if isinstance(s, st.ProtocolStmt)]
         if len(protocols) > 1:
             raise self.error(
                 protocols[1].kw, f"protocol is already set on line {protocols[0].kw.line}"
@@ -115,11 +81,11 @@ class Builder:
         # Definitions before uses, so a statement may name an instance or table that the
         # file defines further down.
         for s in self.stmts:
-            if isinstance(s, InstanceStmt):
+            if isinstance(s, st.InstanceStmt):
                 self.define(s)
         self.assign_table_ids()
         for s in self.stmts:
-            if isinstance(s, TableStmt):
+            if isinstance(s, st.TableStmt):
                 if s.name.text in self.raw_tables:
                     line = self.raw_tables[s.name.text].name.tok.line
                     raise self.error(
@@ -127,7 +93,7 @@ class Builder:
                     )
                 self.raw_tables[s.name.text] = s
         for name, s in self.raw_tables.items():
-            self.named_rules(Name(name, s.name.tok), [])
+            self.named_rules(st.Name(name, s.name.tok), [])
         for s in self.stmts:
             apply = self.APPLY.get(type(s))
             if apply is not None:
@@ -142,7 +108,7 @@ class Builder:
         )
 
     # instances
-    def claim(self, inst: str, role: str, name: Name) -> None:
+    def claim(self, inst: str, role: str, name: st.Name) -> None:
         owner = self.owners.get(name.text)
         if owner is None:
             self.owners[name.text] = (inst, role, name.tok)
@@ -156,7 +122,7 @@ class Builder:
             msg = f"interface '{name.text}' is both {other_role} and {role} of instance '{inst}'"
         raise self.error(name.tok, msg)
 
-    def define(self, s: InstanceStmt) -> None:
+    def define(self, s: st.InstanceStmt) -> None:
         name = s.name.text
         if name in self.drafts:
             line = self.drafts[name].stmt.name.tok.line
@@ -191,13 +157,13 @@ class Builder:
         for draft, table_id in zip(drafts, ids, strict=True):
             draft.table_id = table_id
 
-    def draft(self, name: Name) -> _InstanceDraft:
+    def draft(self, name: st.Name) -> _InstanceDraft:
         draft = self.drafts.get(name.text)
         if draft is None:
             raise self.error(name.tok, f"unknown instance '{name.text}'")
         return draft
 
-    def check_member(self, draft: _InstanceDraft, role: str, ifname: Name) -> None:
+    def check_member(self, draft: _InstanceDraft, role: str, ifname: st.Name) -> None:
         if ifname.wildcard:
             return
         members = draft.stmt.upstreams if role == "upstream" else draft.stmt.downstreams
@@ -232,7 +198,7 @@ class Builder:
         }
         rule_matching = {
             direction: d.rule_matching[direction][0] if direction in d.rule_matching else default
-            for direction, default in DEFAULT_RULE_MATCHING.items()
+            for direction, default in rules.DEFAULT_RULE_MATCHING.items()
         }
         for ifname, (prefixes, _tok) in d.subscribers.items():
             options[ifname] = replace(options[ifname], subscribers=prefixes)
@@ -252,7 +218,7 @@ class Builder:
             selection=selection,
         )
 
-    def selection(self, d: _InstanceDraft) -> Selection | None:
+    def selection(self, d: _InstanceDraft) -> sel.Selection | None:
         if d.selection_kw is None:
             return None
         if "in" in d.rule_matching:
@@ -266,9 +232,9 @@ class Builder:
         def value(ifname: str, key: str, default: object) -> object:
             return d.upstream[(ifname, key)][0] if (ifname, key) in d.upstream else default
 
-        every = value("*", "takeover", Takeover())
+        every = value("*", "takeover", sel.Takeover())
         candidates = tuple(
-            Candidate(
+            sel.Candidate(
                 ifname=up.text,
                 priority=int(value(up.text, "priority", 0)),  # type: ignore[call-overload]
                 records=tuple(r for r, _ in d.records.get(up.text, [])),
@@ -277,16 +243,16 @@ class Builder:
             for up in d.stmt.upstreams
         )
         defaults = [name for (name, key) in d.upstream if key == "default"]
-        return Selection(
+        return sel.Selection(
             candidates=candidates,
             default=defaults[0] if defaults else None,
-            revert=value("*", "revert", DEFAULT_REVERT),  # type: ignore[arg-type]
-            migrate=value("*", "migrate", DEFAULT_MIGRATE),  # type: ignore[arg-type]
-            overlap=float(value("*", "overlap", DEFAULT_OVERLAP)),  # type: ignore[arg-type]
+            revert=value("*", "revert", sel.DEFAULT_REVERT),  # type: ignore[arg-type]
+            migrate=value("*", "migrate", sel.DEFAULT_MIGRATE),  # type: ignore[arg-type]
+            overlap=float(value("*", "overlap", sel.DEFAULT_OVERLAP)),  # type: ignore[arg-type]
         )
 
     # tables
-    def named_rules(self, ref: Name, stack: list[str]) -> tuple[Rule, ...]:
+    def named_rules(self, ref: st.Name, stack: list[str]) -> tuple[rules.Rule, ...]:
         name = ref.text
         if name in self.tables:
             return self.tables[name].rules
@@ -296,29 +262,29 @@ class Builder:
         if name in stack:
             cycle = " -> ".join([*stack[stack.index(name) :], name])
             raise self.error(ref.tok, f"table cycle: {cycle}")
-        rules = self.flatten(stmt.body, [*stack, name])
-        self.tables[name] = Table(name, rules)
-        return rules
+        flat = self.flatten(stmt.body, [*stack, name])
+        self.tables[name] = rules.Table(name, flat)
+        return flat
 
-    def flatten(self, raw: RawTable, stack: list[str]) -> tuple[Rule, ...]:
-        rules: list[Rule] = []
+    def flatten(self, raw: st.RawTable, stack: list[str]) -> tuple[rules.Rule, ...]:
+        flat: list[rules.Rule] = []
         for item in raw.items:
-            if isinstance(item, RawRule):
+            if isinstance(item, st.RawRule):
                 ifname = item.ifname.text if item.ifname else None
-                rules.append(Rule(ifname, self.match(item.group), self.match(item.source)))
-            elif isinstance(item, RawRef):
-                rules.extend(self.named_rules(item.name, stack))
+                flat.append(rules.Rule(ifname, self.match(item.group), self.match(item.source)))
+            elif isinstance(item, st.RawRef):
+                flat.extend(self.named_rules(item.name, stack))
             else:
-                rules.extend(self.flatten(item, stack))
-        return tuple(rules)
+                flat.extend(self.flatten(item, stack))
+        return tuple(flat)
 
-    def table(self, raw: RawRef | RawTable) -> Table:
-        if isinstance(raw, RawRef):
+    def table(self, raw: st.RawRef | st.RawTable) -> rules.Table:
+        if isinstance(raw, st.RawRef):
             self.named_rules(raw.name, [])
             return self.tables[raw.name.text]
-        return Table(None, self.flatten(raw, []))
+        return rules.Table(None, self.flatten(raw, []))
 
-    def address(self, bound: Bound) -> Address | None:
+    def address(self, bound: st.Bound) -> Address | None:
         """The bound's address in this family; None for '*' or the unspecified address."""
         addr = bound.addr
         if addr is None:
@@ -331,17 +297,19 @@ class Builder:
             )
         return None if addr.is_unspecified else addr
 
-    def match(self, part: Part) -> AddressMatch:
+    def match(self, part: st.Part) -> rules.AddressMatch:
         lo = self.address(part.lo)
         if part.kind == "single":
-            return AddressMatch.single(lo) if lo is not None else AddressMatch.wildcard()
+            return (
+                rules.AddressMatch.single(lo) if lo is not None else rules.AddressMatch.wildcard()
+            )
         if part.kind == "prefix":
             assert part.prefixlen is not None and part.lo.addr is not None
             length, tok = part.prefixlen
             top = 32 if self.family == 4 else 128
             if length > top:
                 raise self.error(tok, f"prefix length {length} out of range 0..{top}")
-            return AddressMatch.network(f"{part.lo.addr}/{length}")
+            return rules.AddressMatch.network(f"{part.lo.addr}/{length}")
         assert part.hi is not None
         hi = self.address(part.hi)
         cls = IPv4Address if self.family == 4 else IPv6Address
@@ -350,10 +318,10 @@ class Builder:
         last = hi if hi is not None else cls(2 ** (32 if self.family == 4 else 128) - 1)
         if first > last:
             raise self.error(part.lo.tok, f"range start {first} is above range end {last}")
-        return AddressMatch.between(first, last)
+        return rules.AddressMatch.between(first, last)
 
     # the other statements, in file order
-    def apply_filter(self, s: FilterStmt) -> None:
+    def apply_filter(self, s: st.FilterStmt) -> None:
         d = self.draft(s.inst)
         self.check_member(d, s.role, s.ifname)
         key = (s.role, s.ifname.text, s.direction)
@@ -363,10 +331,12 @@ class Builder:
                 f"the {s.direction} filter of {s.role} '{s.ifname.text}' is already set "
                 f"on line {d.filters[key][1].line}",
             )
-        binding = FilterBinding(s.role, s.ifname.text, s.direction, s.kind, self.table(s.table))
+        binding = rules.FilterBinding(
+            s.role, s.ifname.text, s.direction, s.kind, self.table(s.table)
+        )
         d.filters[key] = (binding, s.kw)
 
-    def apply_rule_matching(self, s: RuleMatchingStmt) -> None:
+    def apply_rule_matching(self, s: st.RuleMatchingStmt) -> None:
         d = self.draft(s.inst)
         if s.role != "upstream":
             raise self.error(s.role_tok, "rulematching applies to upstreams only ('upstream *')")
@@ -381,15 +351,15 @@ class Builder:
         if s.direction in d.rule_matching:
             line = d.rule_matching[s.direction][1].line
             raise self.error(s.dir_tok, f"rulematching {s.direction} is already set on line {line}")
-        d.rule_matching[s.direction] = (RuleMatching(s.direction, s.mode, timeout), s.kw)
+        d.rule_matching[s.direction] = (rules.RuleMatching(s.direction, s.mode, timeout), s.kw)
 
-    def apply_peering(self, s: PeeringStmt) -> None:
+    def apply_peering(self, s: st.PeeringStmt) -> None:
         d = self.draft(s.inst)
         for name in s.names:
             self.claim(d.name, "peering", name)
             d.peerings.append(name.text)
 
-    def apply_timers(self, s: TimersStmt) -> None:
+    def apply_timers(self, s: st.TimersStmt) -> None:
         d = self.draft(s.inst)
         if s.profile is not None:
             if d.profile is not None:
@@ -403,7 +373,7 @@ class Builder:
             d.overrides[field_name] = value  # later statements win, in file order
         d.timers_kw = s.kw
 
-    def apply_option(self, s: OptionStmt) -> None:
+    def apply_option(self, s: st.OptionStmt) -> None:
         d = self.draft(s.inst)
         self.check_member(d, "downstream", s.ifname)
         if s.option == "version":
@@ -420,13 +390,13 @@ class Builder:
             )
         d.options[key] = (s.value, s.key_tok)
 
-    def prefix(self, part: Part, what: str) -> AddressMatch:
+    def prefix(self, part: st.Part, what: str) -> rules.AddressMatch:
         """A selection part: '*', an address or a prefix (no ranges: they have no length)."""
         if part.kind == "range":
             raise self.error(part.lo.tok, f"a {what} is '*', an address or a prefix, not a range")
         return self.match(part)
 
-    def apply_upstream(self, s: UpstreamStmt) -> None:
+    def apply_upstream(self, s: st.UpstreamStmt) -> None:
         d = self.draft(s.inst)
         self.check_member(d, "upstream", s.ifname)
         whole = s.key in ("revert", "migrate", "overlap")
@@ -441,7 +411,7 @@ class Builder:
         if s.key == "select":
             parts = s.value
             assert isinstance(parts, dict)
-            record = SelectionRecord(
+            record = sel.SelectionRecord(
                 **{name: self.prefix(part, f"{name} prefix") for name, (part, _) in parts.items()}
             )
             have = d.records.setdefault(s.ifname.text, [])
@@ -471,15 +441,15 @@ class Builder:
             trigger, timeout = s.value  # type: ignore[misc]
             if trigger == "no-querier" and not timeout:
                 raise self.error(s.value_tok, "the no-querier time must be positive")
-            value = Takeover(trigger, timeout)
+            value = sel.Takeover(trigger, timeout)
         elif s.key in SWITCH_MODES:
             mode, delay = s.value  # type: ignore[misc]
             if mode == "after" and not delay:
                 raise self.error(s.value_tok, f"the {s.key} delay must be positive")
-            value = SwitchPolicy(mode, delay)
+            value = sel.SwitchPolicy(mode, delay)
         d.upstream[key] = (value, s.key_tok)
 
-    def apply_subscribers(self, s: SubscribersStmt) -> None:
+    def apply_subscribers(self, s: st.SubscribersStmt) -> None:
         d = self.draft(s.inst)
         self.check_member(d, "downstream", s.ifname)
         if s.ifname.text in d.subscribers:
@@ -494,17 +464,17 @@ class Builder:
             if match.kind == "any":
                 raise self.error(part.lo.tok, "a subscriber prefix cannot be '*'")
             assert match.first is not None
-            nets.append(ip_network(f"{match.first}/{match_length(match)}"))
+            nets.append(ip_network(f"{match.first}/{rules.match_length(match)}"))
         d.subscribers[s.ifname.text] = (tuple(nets), s.key_tok)
 
-    APPLY: dict[type, Callable[[Builder, Stmt], None]] = {
-        FilterStmt: apply_filter,
-        RuleMatchingStmt: apply_rule_matching,
-        PeeringStmt: apply_peering,
-        TimersStmt: apply_timers,
-        OptionStmt: apply_option,
-        UpstreamStmt: apply_upstream,
-        SubscribersStmt: apply_subscribers,
+    APPLY: dict[type, Callable[[Builder, st.Stmt], None]] = {
+        st.FilterStmt: apply_filter,
+        st.RuleMatchingStmt: apply_rule_matching,
+        st.PeeringStmt: apply_peering,
+        st.TimersStmt: apply_timers,
+        st.OptionStmt: apply_option,
+        st.UpstreamStmt: apply_upstream,
+        st.SubscribersStmt: apply_subscribers,
     }
 
 
