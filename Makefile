@@ -51,9 +51,14 @@ list: sysdeps $(STAMP)
 
 experiment: sysdeps $(STAMP)
 	@if [ -z "$(SCENARIO)" ]; then echo "error: give SCENARIO=name (see 'make list')" >&2; exit 2; fi
-	$(PY) -m experiments run $(SCENARIO) --kind $(KIND) --peering $(PEERING) \
-	  --reps $(REPS) --duration $(DURATION) --seed $(SEED) --results $(RESULTS) \
-	  $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--force,--resume)
+	@rc=0; $(PY) -m experiments run $(SCENARIO) --kind $(KIND) --peering $(PEERING) \
+	  --reps $(REPS) --duration $(DURATION) --seed $(SEED) --results "$(RESULTS)" \
+	  $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--force,--resume) || rc=$$?; \
+	if [ $$rc -ne 130 ] && [ -d "$(RESULTS)/$(SCENARIO)" ]; then \
+	  $(PY) -m analysis summary "$(RESULTS)/$(SCENARIO)" && \
+	  $(PY) -m analysis figures --results "$(RESULTS)" && \
+	  $(PY) -m analysis report --results "$(RESULTS)" || echo "figures not drawn" >&2; \
+	fi; exit $$rc
 
 figures: $(STAMP)
 	$(PY) -m analysis figures --results $(RESULTS)
@@ -71,11 +76,11 @@ bench: sysdeps $(STAMP)
 	$(PY) -m benchmarks all $(if $(QUICK),--quick)
 
 bench-links: sysdeps $(STAMP)
-	$(PY) -m topologies.bench $(if $(QUICK),--quick)
+	$(PY) -m benchmarks.links $(if $(QUICK),--quick)
 
 topo: sysdeps $(STAMP)
 	$(PY) -m experiments topo $(or $(TOPO),single-lma) $(if $(BACKEND),--backend $(BACKEND))
 
 clean:
-	@if [ -x $(PY) ]; then $(PY) -m topologies.clean; fi
+	@if [ -x $(PY) ]; then $(PY) -m lab.clean; fi
 	rm -rf .pytest_cache .ruff_cache

@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.figures import make_figures
 from analysis.load import LoadError, load_runs
+from analysis.report import summary_table, write_report
 
 
 def _results_dir(raw: str) -> Path:
@@ -25,12 +27,6 @@ def _note_excluded(excluded: list[tuple[str, str]]) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    # Imported here so that `report` and `summary` work without matplotlib.
-    try:
-        from analysis.figures import make_figures
-    except ImportError as exc:  # e.g. a matplotlib built against another numpy
-        raise LoadError(f"cannot import matplotlib: {exc}") from exc
-
     results = _results_dir(args.results)
     runs = load_runs(results)
     _note_excluded(runs.excluded)
@@ -40,8 +36,6 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_report
-
     results = _results_dir(args.results)
     runs = load_runs(results)
     _note_excluded(runs.excluded)
@@ -51,8 +45,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from analysis.report import summary_table
-
     runs = load_runs(args.run_dirs)
     _note_excluded(runs.excluded)
     if runs.empty:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +20,29 @@ import numpy as np
 import pandas as pd
 
 from analysis import metrics
+from experiments import layout
+from experiments.layout import (
+    EVENTS_CSV,
+    HANDOVER_EVENT,
+    KINDS,
+    META_JSON,
+    PEERING_DIR_RE,
+    PEERINGS,
+    RECEIVER_COLUMNS,
+    RECEIVER_GLOB,
+    RUN_DIR_RE,
+    SCENARIOS,
+    SENDER_COLUMNS,
+    SENDER_CSV,
+    STREAM_START_EVENT,
+    receiver_of,
+)
 
-KINDS = ("delay-space", "receiver-handover", "sender-handover")
-SCENARIOS = ("single-lma-lte", "single-lma-umts", "multi-lma-lte", "multi-lma-umts")
-PEERINGS = ("off", "on")
-HANDOVER_EVENT = "handover_start"
-STREAM_START_EVENT = "stream_start"
+__all__ = ["KINDS", "PEERINGS", "SCENARIOS", "LoadError", "Runs", "load_runs"]
 
 RUN_KEYS = ["scenario", "kind", "peering", "run"]
 
-_RUN_DIR = re.compile(r"^run-(\d+)$")
-_PEERING_DIR = re.compile(r"^peering-(on|off)$")
+_RUN_DIR, _PEERING_DIR = RUN_DIR_RE, PEERING_DIR_RE
 
 
 class LoadError(ValueError):
@@ -107,7 +118,7 @@ PACKET_COLUMNS = [
     "run_dir",
 ]
 SENT_COLUMNS = [*RUN_KEYS, "seq", "send_ns"]
-EVENT_COLUMNS = [*RUN_KEYS, "t_ns", "event", "node", "detail", "t_ho_ms"]
+EVENT_COLUMNS = [*RUN_KEYS, *layout.EVENT_COLUMNS, "t_ho_ms"]
 RUN_COLUMNS = [
     *RUN_KEYS,
     "run_dir",
@@ -231,7 +242,7 @@ def _identity(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(run row, packets, sent, events) of one run directory, or LoadError with the reason."""
-    meta_path = run_dir / "meta.json"
+    meta_path = run_dir / META_JSON
     if not meta_path.is_file():
         raise LoadError("meta.json missing (run not finished?)")
     try:
@@ -244,18 +255,18 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
         raise LoadError(f"completed is {json.dumps(meta.get('completed'))}, not true")
     ident = _identity(run_dir, meta)
 
-    sent = _read_csv(run_dir / "sender.csv", ["seq", "send_ns"])[["seq", "send_ns"]]
-    events = _read_csv(run_dir / "events.csv", ["t_ns", "event"])
+    sent = _read_csv(run_dir / SENDER_CSV, list(SENDER_COLUMNS))[list(SENDER_COLUMNS)]
+    events = _read_csv(run_dir / EVENTS_CSV, ["t_ns", "event"])
     for col in ("node", "detail"):
         if col not in events.columns:
             events[col] = None
-    events = events[["t_ns", "event", "node", "detail"]]
+    events = events[list(layout.EVENT_COLUMNS)]
 
     rx_info = _receiver_info(meta)
-    files = sorted(run_dir.glob("receiver-*.csv"))
+    files = sorted(run_dir.glob(RECEIVER_GLOB))
     if not files:
         raise LoadError("no receiver-*.csv")
-    present = {f.name[len("receiver-") : -len(".csv")] for f in files}
+    present = {receiver_of(f) for f in files}
     absent = sorted(set(rx_info) - present)
     if absent:
         raise LoadError(f"receiver file(s) missing for {', '.join(absent)}")
@@ -284,8 +295,8 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
     receiver_info: dict[str, dict[str, Any]] = {}
     frames = []
     for path in files:
-        node = path.name[len("receiver-") : -len(".csv")]
-        rx = _read_csv(path, ["seq", "send_ns", "recv_ns"])
+        node = receiver_of(path)
+        rx = _read_csv(path, list(RECEIVER_COLUMNS[:3]))
         if "hop_limit" not in rx.columns:
             rx["hop_limit"] = np.nan
         try:
@@ -377,7 +388,7 @@ def find_run_dirs(paths_or_root: str | Path | Iterable[str | Path]) -> list[Path
         path = Path(raw)
         if not path.is_dir():
             raise LoadError(f"{path}: not a directory")
-        if _RUN_DIR.match(path.name) or (path / "meta.json").is_file():
+        if _RUN_DIR.match(path.name) or (path / META_JSON).is_file():
             found.append(path)
             continue
         found.extend(

@@ -16,9 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common, summary
+from benchmarks import goodput, latency, scale, summary
+from benchmarks.results import RESULTS
+from lab.paths import run_dir
 
-NAMES = ("goodput", "latency", "scale")
+BENCHMARKS = {"goodput": goodput, "latency": latency, "scale": scale}
+NAMES = tuple(BENCHMARKS)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -33,20 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("which", choices=("all", *NAMES))
     p.add_argument("--quick", action="store_true", help="short run (under 2 minutes in all)")
-    p.add_argument("--results", type=Path, default=common.RESULTS, help="output directory")
+    p.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     p.add_argument("--keep-tmp", action="store_true", help="keep DIR/tmp-* (proxy logs)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the benchmarks need root (network namespaces)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
-    os.makedirs("/run/pmiplab", exist_ok=True)
+    run_dir()
     args.results.mkdir(parents=True, exist_ok=True)
     names = NAMES if args.which == "all" else (args.which,)
     t0 = time.monotonic()
     failed = []
     for name in names:
-        module = __import__(f"benchmarks.{name}", fromlist=["run"])
+        module = BENCHMARKS[name]
         t = time.monotonic()
         print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
         try:

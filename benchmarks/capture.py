@@ -21,10 +21,10 @@ import threading
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
-from benchmarks.common import in_netns
+from lab.mcsock import SO_TIMESTAMPNS
+from lab.netns import in_netns
 
 ETH_P_ALL = 0x0003
-SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 PACKET_OUTGOING = 4
 JOIN_TYPES = {2, 4}  # MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE_MODE (ASM join)

@@ -21,7 +21,7 @@ import select
 import sys
 import time
 
-from experiments import mcsock
+from lab import mcsock
 
 PAYLOAD = 64
 MAX_LAG_NS = 20_000_000

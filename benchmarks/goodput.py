@@ -32,13 +32,18 @@ repetition (the modes ran seconds apart) and the median over repetitions is repo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
-from benchmarks.common import NetLab
+from analysis.benchfigures import goodput_figures
+from benchmarks.procfs import snmp
+from benchmarks.results import write_csv, write_json
+from benchmarks.stats import median
+from benchmarks.testbed import BenchRun, shape, start_proxy, tc_drops
+from lab.netns import NetLab
 
 GROUP = "239.1.1.1"
 PORT = 5001
@@ -72,21 +77,18 @@ class Testbed:
         lab.addr(self.src, "s0", "198.18.1.1/24")
         lab.addr(self.rt, "u0", "198.18.1.254/24")
         lab.sh(self.src, "ip route add default via 198.18.1.254")
-        self.shaping = {"source": common.shape(lab, self.src, "s0", TRUNK_MBIT)}
+        self.shaping = {"source": shape(lab, self.src, "s0", TRUNK_MBIT)}
         downs = []
         for k, r in enumerate(self.rcv, 1):
             lab.link(self.rt, f"d{k}", r, "e0")
             lab.addr(self.rt, f"d{k}", f"198.19.{k}.1/24")
             lab.addr(r, "e0", f"198.19.{k}.2/24")
             lab.sh(r, f"ip route add default via 198.19.{k}.1")
-            self.shaping["receivers"] = common.shape(lab, self.rt, f"d{k}", LINE_MBIT)
+            self.shaping["receivers"] = shape(lab, self.rt, f"d{k}", LINE_MBIT)
             downs.append(f"d{k}")
         self.proxy: Any = None
-        if proxy_kind == "ours":
-            conf = common.ours_config(4, "u0", downs, None)
-            self.proxy = common.OursProxy(lab, self.rt, conf, f"{tag}ours")
-        elif proxy_kind == "igmpproxy":
-            self.proxy = common.IgmpProxy(lab, self.rt, "u0", downs, f"{tag}igmpproxy")
+        if proxy_kind is not None:
+            self.proxy = start_proxy(lab, self.rt, f"{tag}{proxy_kind}", proxy_kind, 4, "u0", downs)
 
     def addr(self, k: int) -> str:
         return f"198.19.{k}.2"
@@ -122,29 +124,39 @@ def run_trial(
         )
         for d in dests
     ]
+    # Anchors exist before the window: the first one is a fresh process, which takes time.
+    anchors = [lab.anchor(r) for r in bed.rcv[:n]]
+    src_anchor = lab.anchor(bed.src)
+
+    def stamped(pid: int) -> tuple[dict[str, int], float]:
+        """The counters and the moment they were read (a stall between them inflated rates)."""
+        before = time.monotonic()
+        counters = snmp(pid)
+        return counters, (before + time.monotonic()) / 2
+
     try:
         time.sleep(warmup)
-        drops0 = [common.tc_drops(lab, bed.rt, f"d{k}") for k in range(1, n + 1)]
-        src0 = common.snmp(lab.anchor(bed.src))
-        c0 = [common.snmp(lab.anchor(r)) for r in bed.rcv[:n]]
-        t0 = time.monotonic()
+        drops0 = [tc_drops(lab, bed.rt, f"d{k}") for k in range(1, n + 1)]
+        src0 = stamped(src_anchor)
+        c0 = [stamped(pid) for pid in anchors]
         time.sleep(window)
-        c1 = [common.snmp(lab.anchor(r)) for r in bed.rcv[:n]]
-        src1 = common.snmp(lab.anchor(bed.src))
-        t1 = time.monotonic()
-        drops1 = [common.tc_drops(lab, bed.rt, f"d{k}") for k in range(1, n + 1)]
+        c1 = [stamped(pid) for pid in anchors]
+        src1 = stamped(src_anchor)
+        drops1 = [tc_drops(lab, bed.rt, f"d{k}") for k in range(1, n + 1)]
         exited = [p.returncode for p in clients + servers if p.poll() is not None]
     finally:
         for p in clients + servers:
             lab.stop(p, 2.0)
-        lab.procs = [p for p in lab.procs if p not in clients + servers]
-    dt = t1 - t0
+            lab.forget(p)
+    dt = src1[1] - src0[1]
     per = [
-        (b["InDatagrams"] - a["InDatagrams"]) * payload / dt / 1e6
-        for a, b in zip(c0, c1, strict=False)
+        (b["InDatagrams"] - a["InDatagrams"]) * payload / (tb - ta) / 1e6
+        for (a, ta), (b, tb) in zip(c0, c1, strict=False)
     ]
-    rcvbuf = sum(b["RcvbufErrors"] - a["RcvbufErrors"] for a, b in zip(c0, c1, strict=False))
-    sent = (src1["OutDatagrams"] - src0["OutDatagrams"]) / dt
+    rcvbuf = sum(
+        b["RcvbufErrors"] - a["RcvbufErrors"] for (a, _), (b, _) in zip(c0, c1, strict=False)
+    )
+    sent = (src1[0]["OutDatagrams"] - src0[0]["OutDatagrams"]) / dt
     return {
         "mode": mode,
         "payload_bytes": payload,
@@ -162,17 +174,16 @@ def run_trial(
 
 def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
-    header = common.run_header("goodput", quick)
-    t_start = time.monotonic()
-    why_not = common.igmpproxy_available()
+    bench = BenchRun("goodput", results, quick)
+    why_not = bench.without_igmpproxy
     modes = [m for m in MODES if not (why_not and m == "multicast-igmpproxy")]
     max_n = max(cfg["receivers"])
     trials: list[dict[str, Any]] = []
-    with NetLab(results / "tmp-goodput", "g") as lab:
+    with bench.lab("g") as lab:
         bed_a = Testbed(lab, "a", "ours", max_n)
         bed_b = Testbed(lab, "b", "igmpproxy", max_n) if "multicast-igmpproxy" in modes else None
         beds = {"unicast": bed_a, "multicast-ours": bed_a, "multicast-igmpproxy": bed_b}
-        header["shaping"] = bed_a.shaping
+        bench.header["shaping"] = bed_a.shaping
         k = 0
         for rep in range(cfg["reps"]):
             for payload in cfg["payloads"]:
@@ -190,18 +201,14 @@ def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
                             f"goodput rep {rep} {payload:5d} B x{n} {mode:20s} "
                             f"{row['goodput_MBps']:7.2f} MB/s (sent {row['sent_pps']} pps)"
                         )
-    common.finish_header(header, t_start)
-    header.update(
+    header = bench.finish(
         {
             "config": cfg,
             "modes": modes,
-            "igmpproxy": why_not or "ran",
             "offered": f"{OFFER:.2f} x 1 Gbit/s on the wire per stream",
             "goodput_definition": "UDP payload delivered to the receiving application, "
             "mean per receiver, MB/s = 1e6 bytes/s",
             "line_rate_MBps": {p: round(line_rate_MBps(p), 2) for p in cfg["payloads"]},
-            "ours_timers": common.OURS_TIMER_VALUES,
-            "igmpproxy_timers": common.IGMPPROXY_TIMER_VALUES,
         }
     )
     return write(results, header, trials)
@@ -219,19 +226,17 @@ def write(results: Path, header: dict[str, Any], trials: list[dict[str, Any]]) -
     for r in rows:
         r["run"] = stamp
     ratios = ratio_table(rows, trials)
-    common.write_json(results / "goodput.json", rows)
-    common.write_json(results / "goodput-run.json", {**header, "trials": trials, "ratios": ratios})
+    write_json(results / "goodput.json", rows)
+    write_json(results / "goodput-run.json", {**header, "trials": trials, "ratios": ratios})
     cols = ["payload_bytes", "receivers", "mode", "goodput_MBps", "goodput_MBps_min"]
     cols += ["goodput_MBps_max", "ratio_to_unicast", "line_rate_MBps", "reps"]
-    common.write_csv(results / "goodput.csv", rows, cols)
-    draw(rows, results)
+    write_csv(results / "goodput.csv", rows, cols)
+    goodput_figures(rows, TARGET_RATIO, results)
     return {"rows": rows, "ratios": ratios, "header": header}
 
 
 def rebuild(results: Path) -> dict[str, Any]:
     """Rewrite goodput.json, the CSV and the figures from ``goodput-run.json``."""
-    import json
-
     run = json.loads((results / "goodput-run.json").read_text())
     trials = run.pop("trials")
     run.pop("ratios", None)
@@ -252,7 +257,7 @@ def summarise(trials: list[dict[str, Any]], modes: list[str]) -> list[dict[str, 
             "payload_bytes": payload,
             "receivers": n,
             "mode": mode,
-            "goodput_MBps": round(common.median(vals), 3),
+            "goodput_MBps": round(median(vals), 3),
             "goodput_MBps_min": round(min(vals), 3),
             "goodput_MBps_max": round(max(vals), 3),
             "reps": len(vals),
@@ -261,7 +266,7 @@ def summarise(trials: list[dict[str, Any]], modes: list[str]) -> list[dict[str, 
         uni = by.get(("unicast", payload, n), {})
         if mode != "unicast" and uni:
             per_rep = [reps[r] / uni[r] for r in reps if r in uni and uni[r] > 0]
-            row["ratio_to_unicast"] = round(common.median(per_rep), 4) if per_rep else None
+            row["ratio_to_unicast"] = round(median(per_rep), 4) if per_rep else None
             row["ratio_to_unicast_reps"] = [round(x, 4) for x in per_rep]
         rows.append(row)
     return rows
@@ -311,36 +316,3 @@ def ratio_table(
             )
         out.append(entry)
     return out
-
-
-def draw(rows: list[dict[str, Any]], results: Path) -> list[Path]:
-    """fig02 through analysis.figures (the figure code lives there), plus the ratio plot."""
-    import warnings
-
-    from analysis.figures import goodput_figure, save_figure
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import matplotlib.pyplot as plt
-
-    entries = [
-        {k: r[k] for k in ("payload_bytes", "receivers", "mode", "goodput_MBps")} for r in rows
-    ]
-    paths = save_figure(goodput_figure(entries), results, "fig02")
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    for mode, style in (("multicast-ours", "s-"), ("multicast-igmpproxy", "^:")):
-        for n in sorted({r["receivers"] for r in rows}):
-            pts = sorted(
-                (r["payload_bytes"], r["ratio_to_unicast"])
-                for r in rows
-                if r["mode"] == mode and r["receivers"] == n and r.get("ratio_to_unicast")
-            )
-            if pts:
-                ax.plot(*zip(*pts, strict=True), style, label=f"{mode}, {n} receiver(s)")
-    ax.axhline(TARGET_RATIO, color="k", lw=0.8, ls="--", label=f"target {TARGET_RATIO}")
-    ax.set_xlabel("UDP payload [bytes]")
-    ax.set_ylabel("goodput multicast / unicast")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    paths += save_figure(fig, results, "goodput-ratio")
-    return paths

@@ -30,13 +30,18 @@ import socket
 import subprocess
 import threading
 import time
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from analysis.benchfigures import latency_cdf_figure
 from benchmarks.capture import Sniffer
-from benchmarks.common import NetLab
-from experiments.mcsock import group_req
+from benchmarks.results import write_csv, write_json
+from benchmarks.stats import describe
+from benchmarks.testbed import OURS_TIMERS, BenchRun, start_proxy
+from lab.mcsock import group_req
+from lab.netns import NetLab, in_netns, netns_socket, set_link, wait_for
+from lab.paths import PY
 from proxy.upstream import MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP
 
 ARMS = (("igmpproxy-v4", "igmpproxy", 4), ("ours-v6", "ours", 6), ("ours-v4", "ours", 4))
@@ -48,7 +53,7 @@ JOIN_TIMEOUT_S = 3.0
 ATTACH_TIMEOUT_S = 8.0
 FULL = {"trials": 200, "attach_trials": 200, "block": 20}
 QUICK = {"trials": 12, "attach_trials": 8, "block": 12}
-LMQT_MS = 100.0
+LMQT_MS = round(OURS_TIMERS.lmqt * 1e3, 3)
 TARGETS = {"join_p50_ms": 2.0, "join_p99_ms": 10.0, "leave_ms": LMQT_MS + 10.0}
 TARGETS["join_ratio_to_igmpproxy"] = 1.5
 
@@ -57,7 +62,7 @@ class FlowGen:
     """The flowgen process in the source namespace, one command at a time."""
 
     def __init__(self, lab: NetLab, ns: str, iface: str, family: int) -> None:
-        args = [common.PY, "-m", "benchmarks.flowgen", "--iface", iface, "--port", str(PORT)]
+        args = [PY, "-m", "benchmarks.flowgen", "--iface", iface, "--port", str(PORT)]
         self.proc = lab.spawn(
             ns,
             [*args, "--family", str(family)],
@@ -95,18 +100,16 @@ class Arm:
         if family == 4:
             lab.sh(self.src, "ip route add default via 198.18.1.254")
         time.sleep(0.1)
+        self.proxy = start_proxy(lab, self.rt, f"lat-{name}", kind, family, "u0", ["d1"])
         if kind == "ours":
-            conf = common.ours_config(family, "u0", ["d1"], None)
-            self.proxy: Any = common.OursProxy(lab, self.rt, conf, f"lat-{name}")
             self.r_low, self.quiet_s, self.leave_timeout_s = 1000, 0.15, 5.0
             self.pipelined = False
         else:
-            self.proxy = common.IgmpProxy(lab, self.rt, "u0", ["d1"], f"lat-{name}")
             self.r_low, self.quiet_s, self.leave_timeout_s = 50, 1.0, 45.0
             self.pipelined = True
         self.flow = FlowGen(lab, self.src, "s0", family)
         self.sniffer = Sniffer(self.lst, "e0", PORT)
-        self.ifindex = common.in_netns(self.lst, lambda: socket.if_nametoindex("e0"))
+        self.ifindex = in_netns(self.lst, lambda: socket.if_nametoindex("e0"))
         self.level = socket.IPPROTO_IPV6 if family == 6 else socket.IPPROTO_IP
         self.af = socket.AF_INET6 if family == 6 else socket.AF_INET
         self.attach_sock: socket.socket | None = None
@@ -120,13 +123,11 @@ class Arm:
         return f"239.{2 if kind == 'join' else 3}.{i >> 8}.{i & 255}"
 
     def member(self, sock: socket.socket, group: str, join: bool) -> None:
-        from ipaddress import ip_address
-
         opt = MCAST_JOIN_GROUP if join else MCAST_LEAVE_GROUP
         sock.setsockopt(self.level, opt, group_req(self.ifindex, ip_address(group)))
 
     def new_socket(self) -> socket.socket:
-        return common.in_netns(self.lst, lambda: socket.socket(self.af, socket.SOCK_DGRAM))
+        return netns_socket(self.lst, self.af, socket.SOCK_DGRAM)
 
     # --- trials --------------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class Arm:
         sock = self.new_socket()
         t_call = time.time_ns()
         self.member(sock, g, True)
-        got = common.wait_for(lambda: seen.first_data_ns is not None, JOIN_TIMEOUT_S, 0.0005)
+        got = wait_for(lambda: seen.first_data_ns is not None, JOIN_TIMEOUT_S, 0.0005)
         self.flow.cmd(f"rate {g} {self.r_low}")
         time.sleep(HOLD_S)
         t_leave_call = time.time_ns()
@@ -182,15 +183,15 @@ class Arm:
     def attach(self, i: int) -> None:
         g = self.group("attach", i)
         seen = self.sniffer.seen(g)
-        common.set_link(self.lst, "e0", False)
+        set_link(self.lst, "e0", False)
         if self.attach_sock is not None:
             self.attach_sock.close()  # leaves while away: nothing reaches the wire
         sock = self.attach_sock = self.new_socket()
         self.member(sock, g, True)
         self.flow.cmd(f"start {g} {R_HIGH}")
         time.sleep(PRE_S * 2)
-        t_up = common.set_link(self.lst, "e0", True)
-        got = common.wait_for(lambda: seen.first_data_ns is not None, ATTACH_TIMEOUT_S, 0.0005)
+        t_up = set_link(self.lst, "e0", True)
+        got = wait_for(lambda: seen.first_data_ns is not None, ATTACH_TIMEOUT_S, 0.0005)
         time.sleep(HOLD_S)
         self.flow.cmd(f"stop {g}")
         row = {"arm": self.name, "trial": i, "group": g, "t_link_up_ns": t_up}
@@ -221,12 +222,10 @@ def summarise(arms: list[Arm]) -> dict[str, Any]:
     for arm in arms:
         joins = sorted(arm.joins, key=lambda r: r["trial"])
         out[arm.name] = {
-            "join_ms": common.describe([r["join_ms"] for r in joins if "join_ms" in r]),
-            "leave_ms": common.describe([r["leave_ms"] for r in joins if "leave_ms" in r]),
-            "attach_ms": common.describe(
-                [r["attach_ms"] for r in arm.attaches if "attach_ms" in r]
-            ),
-            "attach_report_after_up_ms": common.describe(
+            "join_ms": describe([r["join_ms"] for r in joins if "join_ms" in r]),
+            "leave_ms": describe([r["leave_ms"] for r in joins if "leave_ms" in r]),
+            "attach_ms": describe([r["attach_ms"] for r in arm.attaches if "attach_ms" in r]),
+            "attach_report_after_up_ms": describe(
                 [r["report_after_up_ms"] for r in arm.attaches if "report_after_up_ms" in r]
             ),
             "join_failures": sum(1 for r in joins if "join_ms" not in r),
@@ -268,12 +267,11 @@ def judge(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
-    header = common.run_header("latency", quick)
-    t0 = time.monotonic()
-    why_not = common.igmpproxy_available()
+    bench = BenchRun("latency", results, quick)
+    why_not = bench.without_igmpproxy
     arm_specs = [a for a in ARMS if not (why_not and a[1] == "igmpproxy")]
     arms: list[Arm] = []
-    with NetLab(results / "tmp-latency", "l") as lab:
+    with bench.lab("l") as lab:
         try:
             for name, kind, family in arm_specs:
                 arms.append(Arm(lab, name, kind, family))
@@ -298,17 +296,13 @@ def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
         finally:
             for arm in arms:
                 arm.close()
-    common.finish_header(header, t0)
     summary = summarise(arms)
     targets = judge(summary)
-    header.update(
+    header = bench.finish(
         {
             "config": cfg,
-            "igmpproxy": why_not or "ran",
             "rates_pps": {"join": R_HIGH, "leave_ours": 1000, "leave_igmpproxy": 50},
             "flow_before_join_ms": PRE_S * 1e3,
-            "ours_timers": common.OURS_TIMER_VALUES,
-            "igmpproxy_timers": common.IGMPPROXY_TIMER_VALUES,
             "definitions": {
                 "join": "first join record on the listener's wire -> first data packet there",
                 "leave": "leave record on the wire -> last data packet forwarded",
@@ -319,45 +313,9 @@ def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
         }
     )
     trials = [r for a in arms for r in a.joins] + [r for a in arms for r in a.attaches]
-    common.write_json(results / "latency.json", {**header, "trials": trials})
+    write_json(results / "latency.json", {**header, "trials": trials})
     cols = ["arm", "trial", "group", "join_ms", "leave_ms", "attach_ms", "report_after_up_ms"]
     cols += ["data_packets", "loadavg_1min", "error", "leave_timeout"]
-    common.write_csv(results / "latency.csv", trials, cols)
-    draw(trials, results)
+    write_csv(results / "latency.csv", trials, cols)
+    latency_cdf_figure(trials, results)
     return header
-
-
-def draw(trials: list[dict[str, Any]], results: Path) -> list[Path]:
-    """CDFs of join, leave and attach latency per arm (from the trial rows)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
-
-    from analysis.figures import save_figure
-
-    names = list(dict.fromkeys(r["arm"] for r in trials))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
-    for ax, (key, title) in zip(
-        axes,
-        (("join_ms", "join"), ("leave_ms", "leave"), ("attach_ms", "attach after handover")),
-        strict=True,
-    ):
-        for name in names:
-            xs = sorted(r[key] for r in trials if r["arm"] == name and key in r)
-            if xs:
-                ax.step(
-                    xs,
-                    [(k + 1) / len(xs) for k in range(len(xs))],
-                    where="post",
-                    label=f"{name} (n={len(xs)})",
-                )
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"{title} latency [ms]")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("CDF")
-    return save_figure(fig, results, "latency-cdf")

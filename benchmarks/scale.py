@@ -33,21 +33,28 @@ itself and runs with the defaults.
 from __future__ import annotations
 
 import os
-import re
-import signal
 import socket
-import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
-from benchmarks.common import NetLab
+from analysis.benchfigures import scale_figure
+from benchmarks import profiling
+from benchmarks.frames import V4_PER_PACKET, V6_PER_PACKET, ReportFactory
+from benchmarks.procfs import (
+    mfc_with_oifs,
+    mrt_inode,
+    proc_cpu_s,
+    proc_status_kb,
+    raw_queue,
+    upstream_groups,
+)
+from benchmarks.results import write_csv, write_json
+from benchmarks.testbed import BenchRun, start_proxy
+from lab.netns import NetLab, in_netns, netns_socket
+from topologies.daemons import Daemon
 
-V6_PER_PACKET = 64
-V4_PER_PACKET = 128
 MFC_RATE = 20000
 FULL = {
     "grid_v6": [(g, n, 1) for g in (1, 100, 1000, 10000) for n in (1, 10, 100)],
@@ -75,176 +82,11 @@ def group_addr(family: int, n: int) -> str:
     return f"239.{10 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
 
 
-def _csum_words(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
-
-
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-class ReportFactory:
-    """Report frames for listeners on one link: scapy templates, per-listener stamping."""
-
-    def __init__(self, family: int, groups: list[str]) -> None:
-        import logging
-
-        logging.getLogger("scapy").setLevel(logging.ERROR)
-        self.family = family
-        per = V6_PER_PACKET if family == 6 else V4_PER_PACKET
-        chunks = [groups[i : i + per] for i in range(0, len(groups), per)]
-        self.templates = [self._template(c) for c in chunks]
-        self.records_per_packet = [len(c) for c in chunks]
-
-    def _template(self, groups: list[str]) -> tuple[bytes, int]:
-        if self.family == 6:
-            from scapy.layers.inet6 import (
-                ICMPv6MLDMultAddrRec,
-                ICMPv6MLReport2,
-                IPv6,
-                IPv6ExtHdrHopByHop,
-                RouterAlert,
-            )
-            from scapy.layers.l2 import Ether
-
-            recs = [ICMPv6MLDMultAddrRec(rtype=4, dst=g) for g in groups]
-            pkt = (
-                Ether(src="02:00:00:00:00:01", dst="33:33:00:00:00:16")
-                / IPv6(src="fe80::1", dst="ff02::16", hlim=1)
-                / IPv6ExtHdrHopByHop(options=[RouterAlert()])
-                / ICMPv6MLReport2(records=recs)
-            )
-            raw = bytearray(bytes(pkt))
-            raw[64:66] = b"\0\0"
-            icmp = bytes(raw[62:])
-            # Pseudo-header without the source: destination, length, next header 58.
-            partial = _csum_words(bytes(raw[38:54])) + len(icmp) + 58 + _csum_words(icmp)
-            return bytes(raw), partial
-        from scapy.contrib.igmpv3 import IGMPv3, IGMPv3gr, IGMPv3mr
-        from scapy.layers.inet import IP, IPOption_Router_Alert
-        from scapy.layers.l2 import Ether
-
-        recs = [IGMPv3gr(rtype=4, maddr=g) for g in groups]
-        pkt = (
-            Ether(src="02:00:00:00:00:01", dst="01:00:5e:00:00:16")
-            / IP(
-                src="198.19.1.10",
-                dst="224.0.0.22",
-                ttl=1,
-                tos=0xC0,
-                options=[IPOption_Router_Alert()],
-            )
-            / IGMPv3(type=0x22)
-            / IGMPv3mr(records=recs)
-        )
-        return bytes(pkt), 0
-
-    def frames(self, downstream: int, listener: int) -> list[bytes]:
-        mac = bytes([2, 0, 0, 1, downstream & 255, listener & 255])
-        out = []
-        if self.family == 6:
-            src = socket.inet_pton(socket.AF_INET6, f"fe80::100:{listener:x}")
-            for raw, partial in self.templates:
-                f = bytearray(raw)
-                f[6:12] = mac
-                f[22:38] = src
-                f[64:66] = struct.pack("!H", _fold(partial + _csum_words(src)))
-                out.append(bytes(f))
-        else:
-            src = socket.inet_aton(f"198.19.{downstream}.{10 + listener}")
-            for raw, _ in self.templates:
-                f = bytearray(raw)
-                f[6:12] = mac
-                f[26:30] = src
-                f[24:26] = b"\0\0"
-                f[24:26] = struct.pack("!H", _fold(_csum_words(bytes(f[14:38]))))
-                out.append(bytes(f))
-        return out
-
-
-# --- /proc views of the router's namespace -------------------------------------------------
-
-
-def upstream_groups(pid: int, family: int, ifname: str = "u0") -> set[str]:
-    """Groups the kernel's host stack holds on ``ifname`` (the proxy's upstream state)."""
-    out: set[str] = set()
-    if family == 6:
-        for line in Path(f"/proc/{pid}/net/igmp6").read_text().splitlines():
-            f = line.split()
-            if len(f) >= 3 and f[1] == ifname and f[2].startswith("ff0e"):
-                out.add(f[2])
-        return out
-    dev = None
-    for line in Path(f"/proc/{pid}/net/igmp").read_text().splitlines():
-        if not line.startswith("\t"):
-            f = line.split()
-            dev = f[1] if len(f) > 1 and f[0].isdigit() else dev
-            continue
-        if dev == ifname:
-            hexaddr = line.split()[0]
-            if hexaddr.endswith("EF"):  # 239/8, host byte order
-                out.add(hexaddr)
-    return out
-
-
 def has_sentinel(pid: int, family: int) -> bool:
+    """The sentinel group is joined upstream: every report before it was processed."""
     if family == 6:
         return "ff0e00000000000000000000ffffffff" in upstream_groups(pid, 6)
     return "FEFEFEEF" in upstream_groups(pid, 4)
-
-
-def mfc_with_oifs(pid: int, family: int) -> int:
-    path = f"/proc/{pid}/net/ip6_mr_cache" if family == 6 else f"/proc/{pid}/net/ip_mr_cache"
-    n = 0
-    for line in Path(path).read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields and ":" in fields[-1]:  # "vif:ttl" pairs: the entry has output interfaces
-            n += 1
-    return n
-
-
-def mrt_inode(pid: int, family: int, probe) -> int:
-    """Inode of the proxy's receiving raw socket. pymcproxy has a second raw socket of the
-    same protocol (its query sender) that also gets a copy of every report and is never
-    read, so ``probe()`` sends one report and the socket that drained it is the one."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(int(link[8:-1]))
-    path = f"/proc/{pid}/net/raw6" if family == 6 else f"/proc/{pid}/net/raw"
-
-    def queues() -> dict[int, int]:
-        out = {}
-        for ln in Path(path).read_text().splitlines()[1:]:
-            f = ln.split()
-            if int(f[9]) in inodes:
-                out[int(f[9])] = int(f[4].split(":")[1], 16)
-        return out
-
-    if not queues():
-        raise RuntimeError("the proxy has no raw socket")
-    probe()
-    time.sleep(0.2)
-    q = queues()
-    return min(q, key=lambda inode: (q[inode], -inode))
-
-
-def raw_queue(pid: int, family: int, inode: int) -> tuple[int, int]:
-    """(receive queue in bytes, drops) of the raw socket ``inode`` in ``pid``'s namespace."""
-    path = f"/proc/{pid}/net/raw6" if family == 6 else f"/proc/{pid}/net/raw"
-    for line in Path(path).read_text().splitlines()[1:]:
-        f = line.split()
-        if len(f) > 9 and int(f[9]) == inode:
-            return int(f[4].split(":")[1], 16), int(f[-1])
-    return 0, 0
 
 
 # --- the testbed ----------------------------------------------------------------------------
@@ -271,18 +113,14 @@ class ScaleBed:
             else:
                 lab.addr(self.rt, f"d{k}", f"198.19.{k}.1/24")
         self.socks = {
-            k: common.in_netns(self.hosts, lambda k=k: _packet_socket(f"h{k}"))
+            k: in_netns(self.hosts, lambda k=k: _packet_socket(f"h{k}"))
             for k in range(1, downstreams + 1)
         }
-        self.src_sock = common.in_netns(
-            self.up,
-            lambda: socket.socket(
-                socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM
-            ),
-        )
+        af = socket.AF_INET6 if family == 6 else socket.AF_INET
+        self.src_sock = netns_socket(self.up, af, socket.SOCK_DGRAM)
         if family == 6:
             self.src_sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 16)
-            idx = common.in_netns(self.up, lambda: socket.if_nametoindex("p0"))
+            idx = in_netns(self.up, lambda: socket.if_nametoindex("p0"))
             self.src_sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
         else:
             self.src_sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 16)
@@ -299,13 +137,11 @@ def _packet_socket(ifname: str) -> socket.socket:
     return s
 
 
-def start_proxy(bed: ScaleBed, kind: str, name: str) -> Any:
+def bed_proxy(bed: ScaleBed, kind: str, name: str) -> Daemon:
     downs = [f"d{k}" for k in range(1, bed.d + 1)]
-    if kind == "ours":
-        conf = common.ours_config(bed.family, "u0", downs, None)
-        return common.OursProxy(bed.lab, bed.rt, conf, name)
-    bed.lab.sh(bed.rt, "sysctl -qw net.ipv4.igmp_max_memberships=20000")
-    return common.IgmpProxy(bed.lab, bed.rt, "u0", downs, name)
+    if kind == "igmpproxy":
+        bed.lab.sh(bed.rt, "sysctl -qw net.ipv4.igmp_max_memberships=20000")
+    return start_proxy(bed.lab, bed.rt, name, kind, bed.family, "u0", downs)
 
 
 def send_paced(
@@ -409,22 +245,22 @@ def run_point(
     records = groups_n * listeners * bed.d
     row.update({"records": records, "reports": len(frames)})
     try:
-        proxy = start_proxy(bed, kind, name)
+        proxy = bed_proxy(bed, kind, name)
     except RuntimeError as exc:
         row["error"] = str(exc).strip().splitlines()[-1][:300]
         return row
     spy = None
     try:
         time.sleep(0.3)
-        pid = proxy.pid
+        pid = proxy.proc.pid
         if proxy.proc.poll() is not None:
             raise RuntimeError("proxy exited at start")
-        rss0 = common.proc_status_kb(pid, "VmRSS")
+        rss0 = proc_status_kb(pid, "VmRSS")
         inode = mrt_inode(pid, fam, lambda: bed.socks[1].send(probe))
         _, drops0 = raw_queue(pid, fam, inode)
         if profile_to is not None:
-            spy = _py_spy(pid, Path(f"{profile_to}-reports.txt"))
-        cpu0 = common.proc_cpu_s(pid)
+            spy = profiling.py_spy(pid, Path(f"{profile_to}-reports.txt"))
+        cpu0 = proc_cpu_s(pid)
         t0 = time.monotonic()
         row["sender_stalls"] = send_paced(bed, pid, inode, frames, limit=96 * 1024)
         t_sent = time.monotonic()
@@ -440,7 +276,7 @@ def run_point(
             if t_up is not None and t_done is not None:
                 break
             time.sleep(0.005 if now - t0 < 2 else 0.02)
-        cpu1 = common.proc_cpu_s(pid)
+        cpu1 = proc_cpu_s(pid)
         _, drops1 = raw_queue(pid, fam, inode)
         row["send_s"] = round(t_sent - t0, 4)
         if t_done is None:
@@ -456,13 +292,12 @@ def run_point(
         row["cpu_s_per_1000_reports"] = round(cpu / len(frames) * 1000, 4)
         row["cpu_s_per_1000_records"] = round(cpu / records * 1000, 4)
         row["us_per_record"] = round(cpu / records * 1e6, 2)
-        row["rss_mb"] = round(common.proc_status_kb(pid, "VmRSS") / 1024, 1)
-        row["rss_peak_mb"] = round(common.proc_status_kb(pid, "VmHWM") / 1024, 1)
+        row["rss_mb"] = round(proc_status_kb(pid, "VmRSS") / 1024, 1)
+        row["rss_peak_mb"] = round(proc_status_kb(pid, "VmHWM") / 1024, 1)
         row["rss_start_mb"] = round(rss0 / 1024, 1)
         row["socket_drops"] = drops1 - drops0
         if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
+            profiling.stop(spy)
             spy = None
         if kind == "ours" and proxy.proc.poll() is None:
             counters = proxy.show()["instances"][0]["counters"]
@@ -471,22 +306,21 @@ def run_point(
             row["reports_lost"] = max(0, len(frames) + 2 - row["proxy_rx_reports"])
         if t_done is not None and proxy.proc.poll() is None:
             if profile_to is not None:
-                spy = _py_spy(pid, Path(f"{profile_to}-mfc.txt"))
-            cpu2 = common.proc_cpu_s(pid)
+                spy = profiling.py_spy(pid, Path(f"{profile_to}-mfc.txt"))
+            cpu2 = proc_cpu_s(pid)
             row.update(mfc_phase(bed, pid, groups, timeout))
-            row["mfc_cpu_s"] = round(common.proc_cpu_s(pid) - cpu2, 3)
+            row["mfc_cpu_s"] = round(proc_cpu_s(pid) - cpu2, 3)
         if proxy.proc.poll() is not None:
             row["error"] = f"proxy exited ({proxy.proc.returncode})"
     except (OSError, RuntimeError) as exc:
         row["error"] = str(exc)[:300]
     finally:
-        if spy is not None and spy.poll() is None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
+        if spy is not None:
+            profiling.stop(spy)
         t_stop = time.monotonic()
         proxy.stop()
         row["stop_s"] = round(time.monotonic() - t_stop, 2)
-        lab.procs = [p for p in lab.procs if p is not proxy.proc]
+        lab.forget(proxy.proc)
     if "error" in row and kind == "ours":
         log_path = lab.tmp / f"{name}.log"
         if log_path.exists():
@@ -497,71 +331,13 @@ def run_point(
     return row
 
 
-def _py_spy(pid: int, out: Path) -> subprocess.Popen:
-    spy = subprocess.Popen(
-        [
-            str(Path(common.PY).with_name("py-spy")),
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "raw",
-            "--rate",
-            "250",
-            "--nonblocking",
-            "-o",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # attached
-    return spy
-
-
-#: Frames every sample has (the interpreter and asyncio's loop): not informative.
-_FRAMEWORK = re.compile(r"\((base_events|events|runners|__main__|<frozen runpy>)\.py\)|runpy")
-
-
-def profile_summary(path: Path, top: int = 12) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
-    self_s: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
-    if not path.exists():
-        return {"error": "py-spy wrote no profile"}
-    for line in path.read_text().splitlines():
-        m = re.match(r"(.*) (\d+)$", line)
-        if not m:
-            continue
-        stack, n = m.group(1).split(";"), int(m.group(2))
-        total += n
-        frames = [re.sub(r" \((?:[^()]*/)?([^/()]+:\d+)\)$", r" (\1)", f) for f in stack]
-        funcs = [re.sub(r":\d+\)$", ")", f) for f in frames if f.strip()]
-        if not funcs:
-            continue
-        self_s[funcs[-1]] = self_s.get(funcs[-1], 0) + n
-        for f in set(funcs):
-            if not _FRAMEWORK.search(f):
-                incl[f] = incl.get(f, 0) + n
-    if not total:
-        return {"error": "empty profile"}
-
-    def share(d: dict[str, int]) -> list[dict[str, Any]]:
-        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
-        return [{"function": f, "share": round(n / total, 4)} for f, n in best]
-
-    return {"samples": total, "self": share(self_s), "inclusive": share(incl)}
-
-
 def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
-    header = common.run_header("scale", quick)
-    t_start = time.monotonic()
-    why_not = common.igmpproxy_available()
+    bench = BenchRun("scale", results, quick)
+    why_not = bench.without_igmpproxy
     rows: list[dict[str, Any]] = []
     profile = None
-    with NetLab(results / "tmp-scale", "s") as lab:
+    with bench.lab("s") as lab:
         plan: list[tuple[int, str, list[tuple[int, int, int]]]] = [
             (6, "ours", cfg["grid_v6"] + cfg["downstreams_v6"]),
             (4, "ours", cfg["grid_v4"]),
@@ -593,27 +369,24 @@ def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
                 prow = run_point(lab, bed, "ours", g, n, cfg["timeout_s"], spy, log)
                 profile = {
                     "point": prow,
-                    "py_spy": profile_summary(Path(f"{spy}-reports.txt")),
-                    "py_spy_mfc": profile_summary(Path(f"{spy}-mfc.txt")),
+                    "py_spy": profiling.profile_summary(Path(f"{spy}-reports.txt")),
+                    "py_spy_mfc": profiling.profile_summary(Path(f"{spy}-mfc.txt")),
                 }
                 log(f"scale profile: {profile['py_spy'].get('self', [])[:3]}")
                 log(f"scale profile (MFC): {profile['py_spy_mfc'].get('self', [])[:3]}")
         finally:
             for b in beds.values():
                 b.close()
-    common.finish_header(header, t_start)
-    header.update(
+    header = bench.finish(
         {
             "config": {k: v for k, v in cfg.items()},
-            "igmpproxy": why_not or "ran",
             "records_per_packet": {"MLDv2": V6_PER_PACKET, "IGMPv3": V4_PER_PACKET},
-            "ours_timers": common.OURS_TIMER_VALUES,
             "mfc_offered_pps": MFC_RATE,
             "profile": profile,
             "targets": judge(rows),
         }
     )
-    common.write_json(results / "scale.json", {**header, "rows": rows})
+    write_json(results / "scale.json", {**header, "rows": rows})
     cols = ["proxy", "family", "groups", "listeners", "downstreams", "records", "reports"]
     cols += ["records_per_s", "processed_s", "upstream_converged_s", "upstream_groups"]
     cols += ["cpu_s", "cpu_s_per_1000_reports", "cpu_s_per_1000_records", "us_per_record"]
@@ -621,8 +394,8 @@ def run(results: Path, quick: bool, log=print) -> dict[str, Any]:
     cols += ["mfc_time_s", "mfc_cpu_s", "socket_drops", "proxy_rx_reports", "reports_lost"]
     cols += ["send_s", "stop_s", "loadavg_1min"]
     cols += ["error"]
-    common.write_csv(results / "scale.csv", rows, cols)
-    draw(rows, results)
+    write_csv(results / "scale.csv", rows, cols)
+    scale_figure(rows, results)
     return {**header, "rows": rows}
 
 
@@ -660,37 +433,3 @@ def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             | ({} if r_ok or rss is None else {"missed_by": rss - TARGET["rss_mb"]})
         )
     return out
-
-
-def draw(rows: list[dict[str, Any]], results: Path) -> list[Path]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import matplotlib.pyplot as plt
-
-    from analysis.figures import save_figure
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
-    series: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["downstreams"] == 1 and "records_per_s" in r:
-            series.setdefault((r["proxy"], r["family"], r["listeners"]), []).append(r)
-    for (proxy, fam, n), rs in sorted(series.items()):
-        rs.sort(key=lambda r: r["groups"])
-        label = f"{proxy} {fam}, {n} listener(s)"
-        xs = [r["records"] for r in rs]
-        axes[0].plot(xs, [r["us_per_record"] for r in rs], "o-", label=label)
-        axes[1].plot(xs, [r["processed_s"] for r in rs], "o-", label=label)
-        axes[2].plot(xs, [r["rss_peak_mb"] for r in rs], "o-", label=label)
-    for ax, ylabel in zip(
-        axes, ("CPU per record [us]", "time until processed [s]", "peak RSS [MB]"), strict=False
-    ):
-        ax.set_xscale("log")
-        ax.set_xlabel("records = groups x listeners")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-    axes[1].set_yscale("log")
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=6)
-    return save_figure(fig, results, "scale")

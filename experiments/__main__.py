@@ -1,4 +1,8 @@
-"""``python -m experiments``: run scenarios, list them, or open a topology in the Mininet CLI."""
+"""``python -m experiments``: run scenarios, list them, or open a topology in the Mininet CLI.
+
+It only runs: the tables, figures and report come from ``python -m analysis`` afterwards
+(``make experiment`` does both), since ``analysis`` sits above ``experiments``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 
 from experiments import scenarios
 from experiments.runner import plan, run_all
+from lab import clean
+from topologies import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +44,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenarios.Parameters(duration=args.duration, backend=args.backend), args.set
     )
     _need_root()
-    from topologies import clean
-
     ours = (f"{args.prefix}a-", f"{args.prefix}b-")  # run_all alternates these two
     leftovers = [n for n in clean.list_netns(args.prefix) if n.startswith(ours)]
     if leftovers:
@@ -62,27 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     for f in failures:
         print(f"failed: {f}", file=sys.stderr)
-    if dirs:
-        from analysis import summary_table
-
-        print(summary_table(dirs))
-        try:
-            from analysis.figures import make_figures
-            from analysis.load import load_runs
-            from analysis.report import write_report
-
-            runs = load_runs(root)
-            make_figures(runs, root / "figures", log=lambda m: print(m, file=sys.stderr))
-            print(f"report: {write_report(runs, root)}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - figures are a bonus at this point
-            print(f"figures not drawn: {exc}", file=sys.stderr)
+    print(f"{len(dirs)} complete run(s) under {root / scenario.name}", file=sys.stderr)
     return 1 if failures else 0
 
 
 def cmd_topo(args: argparse.Namespace) -> int:
     _need_root()
-    from topologies import cli
-
     return cli.interactive(
         args.name, access=args.access, peering=args.peering == "on", backend=args.backend
     )

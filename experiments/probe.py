@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from experiments import mcsock
+from experiments import layout
+from lab import mcsock
 
 MAGIC = b"PMLP"
 HEADER = struct.Struct("!4sIQ")
-SENDER_COLUMNS = "seq,send_ns"
-RECEIVER_COLUMNS = "seq,send_ns,recv_ns,hop_limit"
+SENDER_COLUMNS = ",".join(layout.SENDER_COLUMNS)
+RECEIVER_COLUMNS = ",".join(layout.RECEIVER_COLUMNS)
 # A send more than this after its slot counts as late (1 ms: a tenth of the default period,
 # well above the ~0.1 ms wake-up jitter of an idle machine).
 LATE_NS = 1_000_000

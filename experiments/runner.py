@@ -9,41 +9,32 @@ current one incomplete, and the network is torn down in every case.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from experiments.layout import (
+    EVENT_COLUMNS,
+    EVENTS_CSV,
+    META_JSON,
+    SENDER_CSV,
+    RunKey,
+    is_complete,
+    receiver_csv,
+)
 from experiments.scenarios import KINDS, Parameters, Roles, Scenario
-from topologies.network import Network, ProxySettings
+from lab.paths import PY
+from lab.provenance import git_commit, module_versions
+from topologies.network import TESTBED_TIMERS, Network, ProxySettings
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
-EVENT_COLUMNS = ("t_ns", "event", "node", "detail")
-
-
-@dataclass(frozen=True)
-class RunKey:
-    scenario: str
-    kind: str
-    peering: bool
-    index: int
-
-    def path(self, root: Path) -> Path:
-        onoff = "on" if self.peering else "off"
-        return root / self.scenario / self.kind / f"peering-{onoff}" / f"run-{self.index:02d}"
-
-    def label(self) -> str:
-        onoff = "on" if self.peering else "off"
-        return f"{self.scenario} {self.kind} peering-{onoff} run-{self.index:02d}"
+VERSIONED = ("proxy", "scapy", "mininet.net", "numpy", "pandas")
 
 
 def plan(scenario: Scenario, kinds: list[str], peerings: list[bool], reps: int) -> list[RunKey]:
@@ -55,13 +46,6 @@ def plan(scenario: Scenario, kinds: list[str], peerings: list[bool], reps: int) 
     ]
 
 
-def is_complete(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "meta.json").read_text()).get("completed") is True
-    except (OSError, ValueError):
-        return False
-
-
 class EventWriter:
     """The runner's own events (stream start, L2 moves), merged into events.csv at the end."""
 
@@ -70,31 +54,6 @@ class EventWriter:
 
     def emit(self, event: str, node: str, detail: str = "", t_ns: int | None = None) -> None:
         self.rows.append((time.time_ns() if t_ns is None else t_ns, event, node, detail))
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "kernel": platform.release()}
-    for mod in ("proxy", "scapy", "mininet.net", "numpy", "pandas"):
-        try:
-            m = __import__(mod, fromlist=["x"])
-            out[mod.split(".")[0]] = str(getattr(m, "__version__", getattr(m, "VERSION", "?")))
-        except Exception:  # noqa: BLE001 - a missing optional module is just "missing"
-            out[mod.split(".")[0]] = "missing"
-    return out
-
-
-@functools.cache
-def git_commit() -> str:
-    res = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return (res.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
 
 class Run:
@@ -149,16 +108,14 @@ class Run:
             "source": self._where(spec, self.roles.source),
             "receivers": [self._where(spec, r) for r in self.roles.receivers],
             "moving": self.roles.moving,
-            "versions": _versions(),
+            "versions": module_versions(VERSIONED),
             "git_commit": git_commit(),
             "started_at": started,
             "loadavg_at_start": os.getloadavg(),
             "completed": False,
         }
         self._write_meta()
-        timers = ProxySettings().timers.replace(
-            "query-response-interval 10ms", f"query-response-interval {self.params.qri_ms:g}ms"
-        )
+        timers = replace(TESTBED_TIMERS, query_response_interval=self.params.qri_ms / 1000)
         self.net = Network(
             spec,
             self.dir,
@@ -212,9 +169,9 @@ class Run:
         }
 
     def _write_meta(self) -> None:
-        tmp = self.dir / "meta.json.tmp"
+        tmp = self.dir / f"{META_JSON}.tmp"
         tmp.write_text(json.dumps(self.meta, indent=1, default=str))
-        os.replace(tmp, self.dir / "meta.json")
+        os.replace(tmp, self.dir / META_JSON)
 
     # --- measuring ------------------------------------------------------------------------
 
@@ -230,9 +187,7 @@ class Run:
     def _measure(self) -> None:
         p = self.params
         receivers = {
-            r: self._probe(
-                r, "recv", f"probe-{r}.log", iface="eth0", out=self.dir / f"receiver-{r}.csv"
-            )
+            r: self._probe(r, "recv", f"probe-{r}.log", iface="eth0", out=receiver_csv(self.dir, r))
             for r in self.roles.receivers
         }
         self._wait_subscribed()
@@ -249,7 +204,7 @@ class Run:
             duration=p.duration,
             start_at=start_ns,
             hops=16,
-            out=self.dir / "sender.csv",
+            out=self.dir / SENDER_CSV,
         )
         self.events.emit("stream_start", self.roles.source, f"group={p.group}", t_ns=start_ns)
         if self.roles.moving:
@@ -344,7 +299,7 @@ class Run:
         if done:
             rows.append(done)
             rows.sort(key=lambda r: r[0])
-        with open(self.dir / "events.csv", "w", newline="") as f:
+        with open(self.dir / EVENTS_CSV, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(EVENT_COLUMNS)
             w.writerows(rows)

@@ -17,9 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from topologies.pmip import TopologySpec, multi_lma, single_lma
+from experiments.layout import KINDS
+from topologies.links import TABLE_I
+from topologies.spec import TopologySpec, multi_lma, single_lma
 
-KINDS = ("delay-space", "receiver-handover", "sender-handover")
+__all__ = ["KINDS", "Parameters", "Roles", "Scenario", "apply_settings", "scenario"]
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,6 @@ def scenario(name: str) -> Scenario:
 
 def apply_settings(params: Parameters, settings: list[str]) -> Parameters:
     """``KEY=VALUE`` overrides: a parameter, or ``LINKKIND.FIELD`` of a Table I profile."""
-    from topologies.links import TABLE_I
-
     profiles = {k: dict(v) for k, v in params.profiles.items()}
     values: dict[str, Any] = {}
     for item in settings:

@@ -16,8 +16,9 @@ from mininet.cli import CLI
 from mininet.net import Mininet
 from mininet.node import Host
 
+from proxy.ctl import render_text
 from topologies.network import Network
-from topologies.pmip import BUILDERS
+from topologies.spec import BUILDERS
 
 
 class NetnsHost(Host):
@@ -44,8 +45,6 @@ class LabCLI(CLI):
 
     def do_proxy(self, line: str) -> None:
         """proxy NODE: interfaces, queriers, groups, upstream joins and MFC of NODE's proxy."""
-        from proxy.ctl import render_text
-
         node = line.strip()
         try:
             print(render_text(self.network.show(node)))

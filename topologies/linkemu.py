@@ -39,13 +39,12 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lab.netns import in_netns
 from topologies.links import (
     Endpoint,
     LinkProfile,
@@ -384,34 +383,6 @@ class Emulator:
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFHWADDR = 0x8913, 0x8914, 0x8924
 IFF_UP = 0x1
 ARPHRD_ETHER = 1
-CLONE_NEWNET = 0x40000000
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(netns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that entered network namespace ``netns`` (named, ip-netns)."""
-    result: list[Any] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _LIBC.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append((True, fn()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            result.append((False, exc))
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value
 
 
 def make_tap(ifname: str, mac: str | None) -> int:

@@ -11,51 +11,75 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
-from topologies import clean
+from lab import clean
+from lab.netns import QUIET_IPV6, CommandError, NetLab
+from pmip.mag import AccessLink, MagPlan
+from proxy.config import Config
+from proxy.timers import MOBILITY, Timers
+from topologies.backends import select_backend
+from topologies.daemons import (
+    Daemon,
+    DaemonError,
+    LmaDaemon,
+    MagDaemon,
+    ProxyDaemon,
+    proxy_config,
+    stop_all,
+)
 from topologies.links import (
-    RUN_DIR,
     Endpoint,
     LinkBackend,
     LinkError,
     LinkProfile,
     profile_from,
-    select_backend,
 )
-from topologies.pmip import MAG_ACCESS_LL, MAG_ACCESS_MAC, TopologySpec
+from topologies.spec import MAG_ACCESS_LL, MAG_ACCESS_MAC, TopologySpec
 
 log = logging.getLogger("pmiplab.network")
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
 LOCAL_PEERING = LinkProfile("local-peering", 0.0, 0.0)
+#: RFC 6636-style short timers: a MAG must learn an arriving MN's memberships within the
+#: radio round trip, so the query response interval is near zero (RFC 7161 App. A).
+TESTBED_TIMERS = replace(
+    MOBILITY,
+    query_response_interval=0.010,
+    last_listener_query_interval=0.100,
+    startup_query_count=2,
+)
 
 
 class NetworkError(RuntimeError):
     """Building or running the network failed (one line, fit for a terminal)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProxySettings:
-    """How the MAG and LMA proxies run in the testbed (written into their configs)."""
+    """How the MAG and LMA proxies run in the testbed (typed; rendered into their configs)."""
 
     protocol: str = "MLDv2"
-    # RFC 6636-style short timers: a MAG must learn an arriving MN's memberships within
-    # the radio round trip, so the query response interval is near zero (RFC 7161 App. A).
-    timers: str = (
-        "query-interval 60 query-response-interval 10ms startup-query-interval 1 "
-        "startup-query-count 2 last-listener-query-interval 100ms last-listener-query-count 1"
-    )
+    timers: Timers = TESTBED_TIMERS
     poll_interval: float = 0.02
     debug: bool = False
+
+
+def lma_address(lma: int) -> IPv6Address:
+    """LMAA of LMA ``lma`` (on its loopback)."""
+    return IPv6Address(f"2001:db8:a::{lma}")
+
+
+def _addresses(ifname: str, address: str, link_local: str) -> list[str]:
+    """Commands giving ``ifname`` a /64 ``address`` and ``link_local``, without DAD."""
+    return [
+        f"ip addr add {address}/64 dev {ifname} nodad",
+        f"ip addr add {link_local}/64 dev {ifname} nodad",
+    ]
 
 
 def _mac(*parts: object) -> str:
@@ -65,7 +89,12 @@ def _mac(*parts: object) -> str:
 
 @dataclass
 class Network:
-    """A running PMIPv6 domain built from ``spec``."""
+    """A running PMIPv6 domain built from ``spec``.
+
+    Its namespaces (``<prefix>-<node>``) and processes belong to one ``NetLab`` whose
+    directory is ``run_dir``; the daemons the spec calls for are ``topologies.daemons``
+    objects in ``daemons`` (by name: ``proxy-<node>``, ``pmip-<node>``).
+    """
 
     spec: TopologySpec
     run_dir: Path
@@ -74,9 +103,10 @@ class Network:
     seed: int = 1
     proxy: ProxySettings = field(default_factory=ProxySettings)
     backend: LinkBackend | None = None
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    lab: NetLab | None = None
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # probes and tools
     endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
-    namespaces: list[str] = field(default_factory=list)
     attached: dict[str, int] = field(default_factory=dict)  # end node -> MAG number
     configs: dict[str, str] = field(default_factory=dict)
     _backend_error: Exception | None = None
@@ -89,36 +119,27 @@ class Network:
 
     def sh(self, node: str, cmd: str, check: bool = True) -> str:
         """Run a shell command inside ``node``'s namespace."""
-        res = subprocess.run(
-            ["ip", "netns", "exec", self.ns(node), "sh", "-c", cmd], capture_output=True, text=True
-        )
-        if check and res.returncode:
-            raise NetworkError(f"[{node}] {cmd}: {res.stderr.strip() or res.stdout.strip()}")
-        return res.stdout
+        try:
+            return self._lab().sh(self.ns(node), cmd, check)
+        except CommandError as exc:
+            raise NetworkError(str(exc)) from None
 
     def popen(self, node: str, args: list[str], logname: str) -> subprocess.Popen:
-        """Start a long-running process in ``node``; its output goes to ``run_dir/logname``."""
-        out = open(self.run_dir / logname, "w")  # noqa: SIM115 - closed by the child's exit
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(node), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        out.close()
-        key = logname.rsplit(".", 1)[0]
-        self.procs[key] = proc
-        pidfile = RUN_DIR / f"{self.prefix}-{key}.pid"
-        pidfile.write_text(f"{proc.pid}\n{' '.join(args[:3])}\n")
+        """Start a process in ``node`` (a probe, a tool); its output goes to ``run_dir/logname``."""
+        proc = self._lab().spawn(self.ns(node), args, logname, start_new_session=True)
+        self.procs[logname.rsplit(".", 1)[0]] = proc
         return proc
+
+    def _lab(self) -> NetLab:
+        if self.lab is None:
+            self.lab = NetLab(self.run_dir, self.prefix)
+        return self.lab
 
     # --- build ----------------------------------------------------------------------------
 
     def build(self) -> None:
         """Namespaces, links, addresses and routes (no daemons yet)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
         leftovers = clean.list_netns(self.prefix + "-")
         if leftovers:
             raise NetworkError(
@@ -148,20 +169,11 @@ class Network:
             self._backend_error = exc
 
     def _make_namespace(self, node: str, role: str) -> None:
-        name = self.ns(node)
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        self.namespaces.append(name)
-        router = role in ("mag", "lma")
-        knobs = [
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-            "net.ipv6.conf.default.router_solicitations=0",
-            "net.ipv6.conf.default.accept_ra=0",
-        ]
-        if router:
+        knobs = (*QUIET_IPV6, "net.ipv6.conf.default.accept_ra=0")
+        if role in ("mag", "lma"):
             # Routers get hand-made link-locals (fe80::1 on every access link, RFC 5213).
-            knobs += ["net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.addr_gen_mode=1"]
-        self.sh(node, "ip link set lo up; sysctl -qw " + " ".join(knobs))
+            knobs += ("net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.addr_gen_mode=1")
+        self._lab().ns(node, knobs=knobs)
 
     def _endpoint(self, node: str, ifname: str) -> Endpoint:
         key = (node, ifname)
@@ -197,52 +209,41 @@ class Network:
             cmds = []
             for m in range(1, spec.mags + 1):
                 p = spec.tunnel_prefix(lma, m)
-                cmds += [
-                    f"ip addr add {p}1/64 dev t-mag{m} nodad",
-                    f"ip addr add fe80::1/64 dev t-mag{m} nodad",
-                ]
+                cmds += _addresses(f"t-mag{m}", f"{p}1", "fe80::1")
             if lma == 1:
                 cmds += [
                     "ip link add core type veth peer name core-stub",
                     "ip link set core-stub up",
                     "ip link set core up",
-                    "ip addr add 2001:db8:c::1/64 dev core nodad",
-                    "ip addr add fe80::1/64 dev core nodad",
+                    *_addresses("core", "2001:db8:c::1", "fe80::1"),
                 ]
                 for other in range(2, spec.lmas + 1):
-                    cmds += [
-                        f"ip addr add 2001:db8:2::1/64 dev bb-lma{other} nodad",
-                        f"ip addr add fe80::1/64 dev bb-lma{other} nodad",
-                    ]
+                    cmds += _addresses(f"bb-lma{other}", "2001:db8:2::1", "fe80::1")
                     cmds += [
                         f"ip -6 route add {n.hnp} via 2001:db8:2::{other} dev bb-lma{other}"
                         for n in spec.end_nodes()
                         if n.lma == other
                     ]
             else:
-                cmds += [
-                    f"ip addr add 2001:db8:2::{lma}/64 dev bb-lma1 nodad",
-                    "ip addr add fe80::2/64 dev bb-lma1 nodad",
-                    "ip -6 route add default via 2001:db8:2::1 dev bb-lma1",
-                ]
+                cmds += _addresses("bb-lma1", f"2001:db8:2::{lma}", "fe80::2")
+                cmds.append("ip -6 route add default via 2001:db8:2::1 dev bb-lma1")
             self.sh(node, " && ".join(cmds))
         for m in range(1, spec.mags + 1):
             node = f"mag{m}"
             cmds = []
             for lma in range(1, spec.lmas + 1):
                 p = spec.tunnel_prefix(lma, m)
-                cmds += [
-                    f"ip addr add {p}2/64 dev t-lma{lma} nodad",
-                    f"ip addr add fe80::2/64 dev t-lma{lma} nodad",
-                    f"ip -6 route add default via {p}1 dev t-lma{lma} table {100 + lma}",
-                ]
+                cmds += _addresses(f"t-lma{lma}", f"{p}2", "fe80::2")
+                cmds.append(f"ip -6 route add default via {p}1 dev t-lma{lma} table {100 + lma}")
             for owner, ifname in self.endpoints:
                 if owner != node:
                     continue
                 if ifname.startswith("a-"):
                     cmds.append(f"ip addr add {MAG_ACCESS_LL}/64 dev {ifname} nodad")
-                elif ifname.startswith("p"):
-                    cmds.append(f"ip addr add fe80::10:{m}{ifname[1]}/64 dev {ifname} nodad")
+            for link in spec.links:
+                for owner, ifname, lma in link.ends() if link.is_peering else ():
+                    if owner == node:
+                        cmds.append(f"ip addr add fe80::10:{m}{lma}/64 dev {ifname} nodad")
             # Specific routes (MNs attached here, tunnel prefixes) first; only what has no
             # route of its own goes up the tunnel of the node's LMA.
             cmds.append("ip -6 rule add lookup main suppress_prefixlength 0 pref 100")
@@ -258,91 +259,117 @@ class Network:
 
     # --- daemons --------------------------------------------------------------------------
 
-    def proxy_config(self, node: str) -> str:
-        """The mcproxy-grammar configuration of ``node``'s proxy."""
-        spec, out = (
-            self.spec,
-            [f"# {node}: generated by topologies.network", f"protocol {self.proxy.protocol};"],
-        )
-        if node.startswith("mag"):
-            m = int(node[3:])
-            for lma, ifs in spec.mag_instances(m).items():
-                name = spec.instance_name(m, lma)
-                out.append(
-                    f"pinstance {name}({10 + lma}): {' '.join(ifs['upstreams'])} ==> "
-                    f"{' '.join(ifs['downstreams'])};"
-                )
-                if ifs["peerings"]:
-                    out.append(f"pinstance {name} peering {' '.join(ifs['peerings'])};")
-                out.append(f"pinstance {name} timers {self.proxy.timers};")
+    def proxy_config(self, node: str) -> Config:
+        """The typed configuration of ``node``'s proxy (one instance per LMA on a MAG)."""
+        role = self.spec.node(node).role
+        if role == "mag":
+            plans = self.spec.mag_instances(int(node[3:]))
         else:
-            ifs = spec.lma_interfaces(int(node[3:]))
-            ups, downs = " ".join(ifs["upstreams"]), " ".join(ifs["downstreams"])
-            out.append(f"pinstance {node}(10): {ups} ==> {downs};")
-            out.append(f"pinstance {node} timers {self.proxy.timers};")
-        return "\n".join(out) + "\n"
+            plans = [self.spec.lma_instance(int(node[3:]))]
+        return proxy_config(self.proxy.protocol, plans, self.proxy.timers)
+
+    def proxy_daemon(self, node: str) -> ProxyDaemon:
+        return ProxyDaemon(
+            self._lab(),
+            self.ns(node),
+            f"proxy-{node}",
+            self.proxy_config(node),
+            events=self.run_dir / "proxy-events.csv",
+            node=node,
+            poll_interval=self.proxy.poll_interval,
+            debug=self.proxy.debug,
+        )
+
+    def mag_plan(self, mag: int) -> MagPlan:
+        """What MAG ``mag``'s PMIPv6 daemon needs: per access interface, the MN and its LMA."""
+        spec, access = self.spec, {}
+        for n in spec.end_nodes():
+            if (n.role == "mn" or n.mag == mag) and n.lma:
+                access[spec.access_if(n.name)] = AccessLink(
+                    mn_id=f"{n.name}@pmiplab.example",
+                    hnp=n.hnp,
+                    lma=str(lma_address(n.lma)),
+                    proxy_coa=f"{spec.tunnel_prefix(n.lma, mag)}2",
+                )
+        return MagPlan(f"mag{mag}", access)
+
+    def pmip_daemons(self) -> list[Daemon]:
+        """LMA agents and MAG daemons; adds the LMAAs and the MAGs' routes to them."""
+        spec, events = self.spec, self.run_dir / "pmip-events.csv"
+        out: list[Daemon] = []
+        for lma in range(1, spec.lmas + 1):
+            node = f"lma{lma}"
+            self.sh(node, f"ip addr add {lma_address(lma)}/128 dev lo")
+            for m in range(1, spec.mags + 1):
+                self.sh(
+                    f"mag{m}",
+                    f"ip -6 route add {lma_address(lma)}/128 via "
+                    f"{spec.tunnel_prefix(lma, m)}1 dev t-lma{lma}",
+                )
+            tunnels = [f"t-mag{m}" for m in range(1, spec.mags + 1)]
+            out.append(
+                LmaDaemon(
+                    self._lab(), self.ns(node), f"pmip-{node}", lma_address(lma), tunnels, events
+                )
+            )
+        for m in range(1, spec.mags + 1):
+            node = f"mag{m}"
+            out.append(
+                MagDaemon(self._lab(), self.ns(node), f"pmip-{node}", self.mag_plan(m), events)
+            )
+        return out
 
     def start(self) -> None:
         """Start the LMA and MAG proxies and the PMIPv6 agents; register the nodes."""
-        from experiments import mobility
-
         try:
-            for node in [n.name for n in self.spec.by_role("lma")] + [
-                n.name for n in self.spec.by_role("mag")
-            ]:
-                self._start_proxy(node)
-            mobility.start_agents(self)
-            for name in [n.name for n in self.spec.by_role("lma") + self.spec.by_role("mag")]:
-                self._wait_ready(f"proxy-{name}", self.ctl_path(name))
-            mobility.register_initial(self)
+            routers = [n.name for n in self.spec.by_role("lma") + self.spec.by_role("mag")]
+            proxies = [self.proxy_daemon(node) for node in routers]
+            for d in [*proxies, *self.pmip_daemons()]:
+                self.daemons[d.name] = d.start()
+                if isinstance(d, ProxyDaemon):
+                    self.configs[d.name.removeprefix("proxy-")] = d.config_text()
+            for d in proxies:
+                d.wait_ready()
+            self.register_initial()
+        except DaemonError as exc:
+            self.stop()
+            raise NetworkError(str(exc)) from None
         except Exception:
             self.stop()
             raise
 
-    def ctl_path(self, node: str) -> str:
-        return str(RUN_DIR / f"{self.prefix}-{node}.sock")
-
-    def _start_proxy(self, node: str) -> None:
-        conf = self.run_dir / f"proxy-{node}.conf"
-        text = self.proxy_config(node)
-        conf.write_text(text)
-        self.configs[node] = text
-        args = [
-            PY,
-            "-m",
-            "proxy",
-            "-f",
-            str(conf),
-            "--ctl",
-            self.ctl_path(node),
-            "--events",
-            str(self.run_dir / "proxy-events.csv"),
-            "--node",
-            node,
-            "--poll-interval",
-            str(self.proxy.poll_interval),
-        ]
-        if self.proxy.debug:
-            args.append("-d")
-        self.popen(node, args, f"proxy-{node}.log")
-
-    def _wait_ready(self, key: str, path: str, timeout: float = 15.0) -> None:
+    def register_initial(self, timeout: float = 10.0) -> None:
+        """Wait until every attached node's binding is acknowledged (the MAG daemons do it)."""
+        events = self.run_dir / "pmip-events.csv"
+        wanted = {n.name for n in self.spec.end_nodes()}
         end = time.monotonic() + timeout
-        proc = self.procs[key]
         while time.monotonic() < end:
-            if os.path.exists(path):
+            done = set()
+            if events.exists():
+                for line in events.read_text().splitlines():
+                    if ",route_added," in line:
+                        devs = {t.split("=", 1)[1] for t in line.split() if t.startswith("dev=")}
+                        done |= {w for w in wanted if f"a-{w}" in devs}
+            if done >= wanted:
                 return
-            if proc.poll() is not None:
-                tail = (self.run_dir / f"{key}.log").read_text().strip().splitlines()[-3:]
-                raise NetworkError(f"{key} exited with {proc.returncode}: {' | '.join(tail)}")
-            time.sleep(0.02)
-        raise NetworkError(f"{key} did not come up within {timeout:.0f} s")
+            for d in self.daemons.values():
+                d.check_alive()
+            time.sleep(0.05)
+        raise NetworkError(
+            f"PMIPv6 registration of {sorted(wanted)} did not finish within {timeout:.0f} s"
+        )
+
+    def ctl_path(self, node: str) -> str:
+        return self.proxy_of(node).ctl
+
+    def proxy_of(self, node: str) -> ProxyDaemon:
+        d = self.daemons[f"proxy-{node}"]
+        assert isinstance(d, ProxyDaemon)
+        return d
 
     def show(self, node: str) -> dict[str, Any]:
         """``pymcproxy ctl show`` of ``node``'s proxy."""
-        from proxy.ctl import request
-
-        return request(self.ctl_path(node), {"cmd": "show"})
+        return self.proxy_of(node).show()
 
     # --- mobility (L2) ----------------------------------------------------------------------
 
@@ -368,23 +395,13 @@ class Network:
 
     def stop(self) -> None:
         """Stop daemons (SIGTERM, then SIGKILL), links, and namespaces; idempotent."""
-        for proc in list(self.procs.values()):
-            if proc.poll() is None:
-                with_suppress(lambda p=proc: os.killpg(p.pid, signal.SIGTERM))
-        deadline = time.monotonic() + 5
-        for key, proc in list(self.procs.items()):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with_suppress(lambda p=proc: os.killpg(p.pid, signal.SIGKILL))
-                proc.wait()
-            (RUN_DIR / f"{self.prefix}-{key}.pid").unlink(missing_ok=True)
+        stop_all(list(self.daemons.values()))
+        self.daemons.clear()
         self.procs.clear()
         # Namespaces first: the kernel then destroys all their TAP devices in one batch,
         # where the emulator closing them one by one costs ~20 ms each.
-        for name in self.namespaces:
-            clean.remove_netns(name, log=lambda *_: None)
-        self.namespaces.clear()
+        if self.lab is not None:
+            self.lab.close()
         if self.backend is not None:
             self.backend.stop()
             self.backend = None
@@ -404,10 +421,3 @@ class Network:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def with_suppress(fn) -> None:
-    try:
-        fn()
-    except (ProcessLookupError, PermissionError):
-        pass

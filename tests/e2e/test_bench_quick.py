@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.figures import _load_goodput
 from benchmarks import goodput, latency, scale
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +83,6 @@ def test_goodput_rows_are_complete_and_positive(quick_results):
         if r["mode"] != "unicast":
             assert r["ratio_to_unicast"] > 0
     # The figure code reads it back unchanged.
-    from analysis.figures import _load_goodput
-
     assert len(_load_goodput(out / "goodput.json")) == len(rows)
 
 

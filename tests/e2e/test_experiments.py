@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from analysis import load_runs
+from analysis.figures import make_figures
+from analysis.report import write_report
 from experiments.runner import plan, run_all
 from experiments.scenarios import KINDS, Parameters, scenario
-from topologies import clean
+from lab import clean
+from tests.report_oracle import direct_group, table_rows
 
 # What every handover must log, in this order of first appearance after the detach.
 _ATTACH = [
@@ -162,11 +166,6 @@ FIGURES = {"single-lma-lte": ["fig04", "fig06"], "multi-lma-lte": ["fig08", "fig
 
 def test_figures_and_report_from_the_real_short_runs(results):
     """The analysis pipeline on real runs: figures exist, report numbers equal the CSVs'."""
-    from analysis import load_runs
-    from analysis.figures import make_figures
-    from analysis.report import write_report
-    from tests.unit.test_analysis_pipeline import _direct_group, _table_rows
-
     name, runs = results
     root = next(iter(runs.values())).parents[3]
     loaded = load_runs(root)
@@ -174,10 +173,10 @@ def test_figures_and_report_from_the_real_short_runs(results):
     for fig in FIGURES[name]:
         for ext in ("png", "pdf"):
             assert (root / "figures" / f"{fig}.{ext}").stat().st_size > 1000, outcome
-    table = _table_rows(write_report(loaded, root).read_text())
+    table = table_rows(write_report(loaded, root).read_text())
     for kind in KINDS:
         for peering in ("off", "on"):
-            expect = _direct_group(root, name, kind, peering)
+            expect = direct_group(root, name, kind, peering)
             cells = table[(name, kind, peering)]
             assert cells[2:6] == [f"{expect[k]:.2f}" for k in ("median", "p95", "max", "jitter")]
             if kind != "delay-space":

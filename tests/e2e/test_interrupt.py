@@ -10,8 +10,9 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.netns.lab import REPO, wait_for
-from topologies import clean
+from lab import clean
+from lab.netns import wait_for
+from lab.paths import REPO
 
 
 def completed(path: Path) -> bool | None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.netns.lab import Lab
+from lab.netns import NetLab
+from lab.paths import run_dir
 
 
 @pytest.fixture
 def lab(tmp_path):
-    os.makedirs("/run/pmiplab", exist_ok=True)
-    the_lab = Lab(tmp_path)
+    run_dir()
+    the_lab = NetLab(tmp_path)
     try:
         yield the_lab
     finally:

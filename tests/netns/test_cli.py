@@ -6,7 +6,7 @@ import subprocess
 import sys
 import uuid
 
-from topologies import clean
+from lab import clean
 
 
 def test_cli_runs_commands_in_the_nodes_and_cleans_up(tmp_path):

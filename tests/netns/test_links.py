@@ -23,28 +23,23 @@ from pathlib import Path
 
 import pytest
 
-from topologies.bench import (
+from benchmarks.links import (
     add_address,
     enable_timestamps,
-    in_netns,
-    make_netns,
-    netns_socket,
     recv_with_timestamp,
     static_neighbour,
 )
-from topologies.clean import _alive, cleanup, list_links, list_netns
+from lab.clean import _alive, cleanup, list_links, list_netns
+from lab.netns import in_netns, make_netns, netns_socket
+from lab.paths import REPO as REPO_ROOT
+from topologies.backends import EmulatorBackend, netem_available, run_cmd, select_backend
 from topologies.links import (
-    REPO_ROOT,
     TABLE_I,
     BackendUnavailable,
-    EmulatorBackend,
     Endpoint,
     LinkProfile,
     direction_key,
-    netem_available,
     profile_from,
-    run_cmd,
-    select_backend,
 )
 
 pytestmark = [
@@ -359,7 +354,7 @@ def test_clean_removes_what_a_crashed_run_left() -> None:
         pid = lab.backend.pid
         lab.pair(FAST)
         # As if the caller had died: nothing stopped, the CLI has to find it all.
-        args = [sys.executable, "-m", "topologies.clean", "--prefix", lab.prefix]
+        args = [sys.executable, "-m", "lab.clean", "--prefix", lab.prefix]
         first = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, check=True)
         assert f"killed process {pid}" in first.stdout
         assert f"removed namespace {lab.ns('a')}" in first.stdout

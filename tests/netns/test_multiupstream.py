@@ -13,15 +13,17 @@ provider (wholesale, network merging). Downstream of px are kernel listeners.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass
 
 import pytest
 
+from lab.netns import NetLab as Lab
+from proxy.config import parse
 from proxy.ctl import render_text
-from tests.netns.lab import PY, Lab, dump, receiver, rows, sender, wait_for
+from tests.netns.helpers import PY, dump, receiver, rows, sender, wait_for
+from topologies.daemons import ProxyDaemon
 
 PX_TIMERS = (
     "timers query-interval 20 query-response-interval 1 last-listener-query-interval 100ms "
@@ -36,41 +38,25 @@ SRC = "2001:db8:c::100"  # the source on the shared core
 PERIOD_NS = 10_000_000  # 100 packets/s
 
 
-class Daemon:
-    """A pymcproxy started without waiting, so that several start at once."""
+class Daemon(ProxyDaemon):
+    """A pymcproxy started without waiting (several start at once), its events kept."""
 
     def __init__(self, lab: Lab, ns: str, conf: str, name: str) -> None:
-        self.lab, self.ns, self.name = lab, ns, name
-        self.path = lab.tmp / f"{name}.conf"
-        self.path.write_text(conf)
-        self.ctl = f"/run/pmiplab/{lab.tag}-{name}.sock"
-        self.logname = f"{name}.log"
-        self.proc = lab.spawn(
-            ns,
-            [PY, "-m", "proxy", "-d", "-f", str(self.path), "--ctl", self.ctl]
-            + ["--events", str(lab.tmp / f"{name}-events.csv"), "--node", name],
-            self.logname,
-        )
+        super().__init__(
+            lab, ns, name, parse(conf, name), debug=True,
+            events=lab.tmp / f"{name}-events.csv", node=name,
+        )  # fmt: skip
+        self.start()
 
     def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited:\n{self.lab.log(self.logname)}")
-        return os.path.exists(self.ctl)
-
-    def request(self, req: dict) -> dict:
-        from proxy.ctl import request
-
-        return request(self.ctl, req)
-
-    def show(self) -> dict:
-        return self.request({"cmd": "show"})
+        self.check_alive()
+        return self.is_ready()
 
     def instance(self) -> dict:
         return self.show()["instances"][0]
 
-    def reload(self, conf: str) -> dict:
-        self.path.write_text(conf)
-        return self.request({"cmd": "reload"})
+    def reload_text(self, conf: str) -> dict:
+        return self.reload(parse(conf, self.name))
 
 
 @dataclass
@@ -233,6 +219,17 @@ def record(lab: Lab, name: str, data: dict) -> None:
     print(f"\n{name}: {json.dumps(data)}")
 
 
+def stream_from_both_providers(net: Net, ga: str, gb: str) -> None:
+    """Once px joined ``ga`` at provider 1 and ``gb`` at provider 2, each source sends 1 s."""
+    (sa, sb), lab = net.sources, net.lab
+    wait_joined(net, 1, ga)
+    wait_joined(net, 2, gb)
+    a = sender(lab, sa, "e0", ga, "sa", duration=1.0, port=5001)
+    b = sender(lab, sb, "e0", gb, "sb", duration=1.0, port=5002)
+    a.wait(10), b.wait(10)
+    time.sleep(0.3)
+
+
 def wait_joined(net: Net, router: int, group: str, timeout: float = 8) -> None:
     assert wait_for(lambda: net.router_has(router, group), timeout), dump(
         {"px": net.proxy.instance() if net.proxy else None, "r": net.router(router).instance()}
@@ -250,16 +247,11 @@ def test_wholesale_each_group_is_joined_only_at_its_provider(lab):
     net = build(lab, routers=2, shared_core=False, listeners=2)
     ga, gb = "ff0e::a:1", "ff0e::b:1"
     proxy = net.start(px_conf(2, 2, RECORDS))
-    (l1, l2), (sa, sb) = net.listeners, net.sources
+    l1, l2 = net.listeners
     receiver(lab, l1, "e0", ga, "l1a", port=5001)
     receiver(lab, l1, "e0", gb, "l1b", port=5002)
     receiver(lab, l2, "e0", gb, "l2b", port=5002)
-    wait_joined(net, 1, ga)
-    wait_joined(net, 2, gb)
-    a = sender(lab, sa, "e0", ga, "sa", duration=1.0, port=5001)
-    b = sender(lab, sb, "e0", gb, "sb", duration=1.0, port=5002)
-    a.wait(10), b.wait(10)
-    time.sleep(0.3)
+    stream_from_both_providers(net, ga, gb)
     inst = proxy.instance()
     assert {(u, g) for u, g in joined(proxy) if g in (ga, gb)} == {("up1", ga), ("up2", gb)}
     # The providers' own routers: each saw only its own group.
@@ -273,7 +265,7 @@ def test_wholesale_each_group_is_joined_only_at_its_provider(lab):
     # touches neither the joins nor the MFC entries of the first two (listeners still on).
     before = proxy.instance()
     more = "upstream up2 select group ff0e::c:0/112;\n" + RECORDS
-    reply = proxy.reload(px_conf(2, 2, more).replace("query-interval 20", "query-interval 30"))
+    reply = proxy.reload_text(px_conf(2, 2, more).replace("query-interval 20", "query-interval 30"))
     assert reply == {"ok": True, "changed": ["~px"], "details": {"px": ["timers", "selection"]}}
     after = proxy.instance()
     assert after["upstream"] == before["upstream"]
@@ -452,16 +444,11 @@ def test_network_merging_maps_each_customer_base_to_its_provider(lab, v4):
     )
     records = f"upstream up1 select subscriber {sub1};\nupstream up2 select subscriber {sub2};"
     proxy = net.start(px_conf(2, 2, records, v4=v4))
-    (l1, l2), (sa, sb) = net.listeners, net.sources
+    l1, l2 = net.listeners
     for host, name in ((l1, "l1"), (l2, "l2")):
         receiver(lab, host, "e0", g, f"{name}a", port=5001)  # provider A's stream
         receiver(lab, host, "e0", g, f"{name}b", port=5002)  # provider B's stream
-    wait_joined(net, 1, g)
-    wait_joined(net, 2, g)
-    a = sender(lab, sa, "e0", g, "sa", duration=1.0, port=5001)
-    b = sender(lab, sb, "e0", g, "sb", duration=1.0, port=5002)
-    a.wait(10), b.wait(10)
-    time.sleep(0.3)
+    stream_from_both_providers(net, g, g)
     inst = proxy.instance()
     assert {(u, gg) for u, gg in joined(proxy) if gg == g} == {("up1", g), ("up2", g)}
     entries = {e["source"]: e for e in inst["mfc"] if e["group"] == g}
@@ -490,11 +477,11 @@ def test_migration_by_live_reload_keeps_existing_listeners(lab):
     snd = sender(lab, src, "e0", g, "snd", duration=4.0)
     assert wait_for(lambda: (mfc(proxy, g) or {}).get("packets", 0) >= 30, 5)
     installs = proxy.instance()["counters"].get("upcall_nocache", 0)
-    proxy.path.write_text(px_conf(2, 2, after))
+    proxy.conf_path.write_text(px_conf(2, 2, after))
     t_reload = time.time_ns()
     proxy.proc.send_signal(signal.SIGHUP)  # a live reload
-    assert wait_for(lambda: "reloaded" in lab.log(proxy.logname), 3)
-    assert "~px(selection)" in lab.log(proxy.logname)
+    assert wait_for(lambda: "reloaded" in lab.log(proxy.log_name), 3)
+    assert "~px(selection)" in lab.log(proxy.log_name)
     time.sleep(0.3)
     inst = proxy.instance()
     (channel,) = [c for c in inst["selection"]["channels"] if c["group"] == g]

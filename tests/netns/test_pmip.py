@@ -4,7 +4,7 @@
     mag2 up0 [2001:db8:a2::2] --- tun2 [2001:db8:a2::1]  lma
     Each MAG also has an access link acc0 for the MN (its peer end stays unused).
 
-The LMA runs as the daemon (``python -m experiments.pmip lma``), the MAGs as one-shots, all
+The LMA runs as the daemon (``python -m pmip lma``), the MAGs as one-shots, all
 appending to one events CSV; the checks read the kernels' routing tables.
 """
 
@@ -15,14 +15,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
 
-try:  # the namespace fixture lives with the probe tests
-    from .test_probe import REPO, Lab, cli, lab, pytestmark, stop, wait_line  # noqa: F401
-except ImportError:  # tests/netns imported as rootdir-relative modules
-    from test_probe import REPO, Lab, cli, lab, pytestmark, stop, wait_line  # noqa: F401
+from lab.netns import NetLab as Lab
+from lab.paths import REPO
+from tests.netns.test_probe import cli, pytestmark, run_module  # noqa: F401
+from topologies.daemons import LmaDaemon
 
 LMAA = "2001:db8:ff::1"
 HNP = "2001:db8:100::/64"
@@ -32,8 +33,7 @@ MAGS = {"mag1": ("tun1", "2001:db8:a1"), "mag2": ("tun2", "2001:db8:a2")}
 
 
 PRIMED = (
-    "import sys; from experiments import pmip; sys.stdin.readline(); "
-    "sys.exit(pmip.main(sys.argv[1:]))"
+    "import sys; from pmip.__main__ import main; sys.stdin.readline(); sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -43,7 +43,7 @@ class Domain:
     lma: str
     mags: dict[str, str]
     events: Path
-    daemon: subprocess.Popen
+    daemon: LmaDaemon
 
     def lma_route(self) -> str:
         return self.lab.ip(self.lma, "-6", "route", "show", HNP).strip()
@@ -68,7 +68,7 @@ class Domain:
 
     def run_mag(self, command: str, mag: str, *extra: str) -> subprocess.CompletedProcess:
         args = self.mag_args(command, mag, *extra)
-        return self.lab.run(self.mags[mag], "experiments.pmip", *args)
+        return run_module(self.lab, self.mags[mag], "pmip", *args)
 
     def mag(self, command: str, mag: str, *extra: str) -> None:
         done = self.run_mag(command, mag, *extra)
@@ -88,7 +88,7 @@ class Domain:
             cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        self.lab.processes.append(proc)
+        self.lab.procs.append(proc)
         return proc
 
     def timeline(self) -> list[tuple[str, str]]:
@@ -114,12 +114,8 @@ def domain(lab: Lab, tmp_path: Path) -> Domain:
         lab.ip(ns, "-6", "route", "add", f"{LMAA}/128", "via", f"{prefix}::1", "dev", "up0")
         lab.link(ns, "acc0", ns, "mn0")  # the access link; the MN end stays unused
     events = tmp_path / "events.csv"
-    daemon = lab.spawn(
-        lma, "experiments.pmip",
-        *cli("lma", address=LMAA, bce_delete_delay=DELETE_DELAY, events=events),
-        *cli(tunnel_if="tun1"), *cli(tunnel_if="tun2"), stderr=tmp_path / "lma.err",
-    )  # fmt: skip
-    assert "listening" in wait_line(daemon)
+    daemon = LmaDaemon(lab, lma, "lma", IPv6Address(LMAA), ["tun1", "tun2"], events, DELETE_DELAY)
+    daemon.start().wait_ready()
     return Domain(lab, lma, mags, events, daemon)
 
 
@@ -185,7 +181,7 @@ def test_deregistration_keeps_the_binding_for_the_delay_unless_another_mag_regis
 
 
 def test_mag_retransmits_with_doubling_timeouts_and_gives_up_in_one_line(domain: Domain) -> None:
-    assert stop(domain.daemon) == 0  # the LMA leaves on SIGTERM with status 0
+    assert domain.daemon.stop() == 0  # the LMA leaves on SIGTERM with status 0
     done = domain.run_mag(
         "mag-register", "mag1", "--initial-timeout", "0.2", "--max-timeout", "0.8"
     )
@@ -202,7 +198,8 @@ def test_mag_retransmits_with_doubling_timeouts_and_gives_up_in_one_line(domain:
 CONCURRENT = """
 import sys, threading
 from ipaddress import IPv6Address as A, IPv6Network as N
-from experiments.pmip import EventLog, MagAgent
+from pmip.mag import MagAgent
+from proxy.events import EventLog
 mag = MagAgent(A("2001:db8:a1::2"), events=EventLog(None, "mag1"), max_timeout=1.0)
 done = {}
 def register(i):

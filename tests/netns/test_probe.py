@@ -1,26 +1,26 @@
 """The probes between two namespaces: every packet arrives, on an absolute schedule.
 
-Also home of the ``lab`` fixture (namespaces ``pmld<random>-<node>``, veth links made
-directly inside them, processes it started), which test_pmip.py imports.
+Also home of ``spawn_module``/``run_module`` (a module run in a namespace), which
+test_pmip.py imports.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import secrets
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from lab.netns import NetLab
+from lab.paths import PY, REPO
+
 GROUP = "ff3e::db8:1"
 PORT = 5001
 SENDER = "2001:db8:1::1"
@@ -34,77 +34,19 @@ pytestmark = [
 ]
 
 
-class Lab:
-    """Namespaces, links and processes of one test; :meth:`close` removes all of them."""
-
-    def __init__(self) -> None:
-        self.tag = f"pmld{secrets.token_hex(3)}"
-        self.namespaces: list[str] = []
-        self.processes: list[subprocess.Popen] = []
-
-    def ns(self, node: str) -> str:
-        name = f"{self.tag}-{node}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.namespaces.append(name)
-        self.ip(name, "link", "set", "lo", "up")
-        return name
-
-    def ip(self, ns: str, *args: str) -> str:
-        done = subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise AssertionError(f"ip -n {ns} {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
-
-    def link(self, ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
-        """A veth pair created inside the two namespaces (never in the root namespace)."""
-        add = f"ip link add {if_a} netns {ns_a} type veth peer name {if_b} netns {ns_b}"
-        subprocess.run(add.split(), check=True)
-        self.ip(ns_a, "link", "set", if_a, "up")
-        self.ip(ns_b, "link", "set", if_b, "up")
-
-    def addr(self, ns: str, ifname: str, cidr: str) -> None:
-        self.ip(ns, "-6", "addr", "add", cidr, "dev", ifname, "nodad")
-
-    def command(self, ns: str, module: str, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args]
-
-    def run(
-        self, ns: str, module: str, *args: str, timeout: float = 60
-    ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            self.command(ns, module, *args),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+def spawn_module(lab: NetLab, ns: str, module: str, *args: str, stderr: Path) -> subprocess.Popen:
+    """``python -m MODULE ARGS`` in ``ns``, its stdout a pipe (for readiness lines)."""
+    with stderr.open("w") as err:  # the child keeps its own copy of the descriptor
+        return lab.spawn(
+            ns, [PY, "-m", module, *args], stdout=subprocess.PIPE, stderr=err, text=True
         )
 
-    def spawn(self, ns: str, module: str, *args: str, stderr: Path) -> subprocess.Popen:
-        # `ip netns exec` execs the command, so the PID kept here is the Python process.
-        with stderr.open("w") as err:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(
-                self.command(ns, module, *args), cwd=REPO, stdout=subprocess.PIPE,
-                stderr=err, text=True,
-            )  # fmt: skip
-        self.processes.append(proc)
-        return proc
 
-    def close(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for name in self.namespaces:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
+def run_module(
+    lab: NetLab, ns: str, module: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in ``ns``, to its end."""
+    return lab.run(ns, [PY, "-m", module, *args], timeout)
 
 
 def cli(*words: str, **options: object) -> list[str]:
@@ -139,7 +81,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def pair(lab: Lab) -> tuple[str, str]:
+def pair(lab: NetLab) -> tuple[str, str]:
     a, b = lab.ns("a"), lab.ns("b")
     lab.link(a, "pmla0", b, "pmlb0")
     lab.addr(a, "pmla0", f"{SENDER}/64")
@@ -149,7 +91,7 @@ def pair(lab: Lab) -> tuple[str, str]:
 
 @pytest.mark.parametrize("mode", ["asm", "ssm"])
 def test_every_probe_arrives_once_on_an_absolute_schedule(
-    lab: Lab, pair: tuple[str, str], tmp_path: Path, mode: str
+    lab: NetLab, pair: tuple[str, str], tmp_path: Path, mode: str
 ) -> None:
     a, b = pair
     receivers = {"joined": [] if mode == "asm" else ["--source", SENDER]}
@@ -159,7 +101,8 @@ def test_every_probe_arrives_once_on_an_absolute_schedule(
     procs = {}
     for name, extra in receivers.items():
         out = tmp_path / f"{name}.csv"
-        procs[name] = lab.spawn(
+        procs[name] = spawn_module(
+            lab,
             b,
             "experiments.probe",
             *cli("recv", group=GROUP, port=PORT, iface="pmlb0", out=out),
@@ -170,13 +113,13 @@ def test_every_probe_arrives_once_on_an_absolute_schedule(
 
     # A datagram without the probe magic is counted, not logged.
     junk = (
-        "from experiments import mcsock as m; "
+        "from lab import mcsock as m; "
         f"m.open_sender(m.parse_group('{GROUP}'), 'pmla0').sendto(b'junk', ('{GROUP}', {PORT}))"
     )
     subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", junk], cwd=REPO, check=True)
     start_at = time.time_ns() + 2_000_000_000  # Python starts slowly on a busy machine
-    sent = lab.run(
-        a, "experiments.probe",
+    sent = run_module(
+        lab, a, "experiments.probe",
         *cli("send", group=GROUP, port=PORT, source_if="pmla0", rate=100, count=100,
              start_at=start_at, out=tmp_path / "sender.csv"),
     )  # fmt: skip
@@ -208,10 +151,11 @@ def test_every_probe_arrives_once_on_an_absolute_schedule(
 
 
 def test_sender_names_a_missing_interface_in_one_line(
-    pair: tuple[str, str], lab: Lab, tmp_path: Path
+    pair: tuple[str, str], lab: NetLab, tmp_path: Path
 ) -> None:
     a, _ = pair
-    done = lab.run(
+    done = run_module(
+        lab,
         a,
         "experiments.probe",
         "send",

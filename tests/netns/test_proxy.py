@@ -7,7 +7,10 @@ import time
 
 import pytest
 
-from tests.netns.lab import Lab, Proxy, dump, receiver, rows, sender, wait_for
+from lab.netns import NetLab as Lab
+from proxy.ctl import request
+from tests.netns.helpers import dump, receiver, rows, sender, start_proxy, wait_for
+from topologies.daemons import ProxyDaemon
 
 FAST_TIMERS = (
     "timers query-interval 20 query-response-interval 1 last-listener-query-interval 100ms "
@@ -62,7 +65,7 @@ def finished_rows(lab: Lab, name: str) -> list[dict]:
     return rows(lab, name)
 
 
-def has_group(proxy: Proxy, inst: str, ifname: str, group: str) -> bool:
+def has_group(proxy: ProxyDaemon, inst: str, ifname: str, group: str) -> bool:
     q = proxy.instance(inst)["queriers"].get(ifname, {})
     return group in q.get("groups", {})
 
@@ -74,7 +77,7 @@ def basic(lab: Lab):
     senders = upstream_segment(lab, px, "up0", 2)
     hosts = [access(lab, px, 1), access(lab, px, 2)]
     conf = f"protocol MLDv2;\npinstance px(10): up0 ==> d1 d2;\npinstance px {FAST_TIMERS};\n"
-    proxy = Proxy(lab, px, conf)
+    proxy = start_proxy(lab, px, conf)
     return px, proxy, senders, hosts
 
 
@@ -203,7 +206,7 @@ def test_malformed_packets_are_dropped_counted_and_forwarding_continues(lab, bas
     snd.wait(10)
     time.sleep(0.3)
     show = proxy.show()
-    assert proxy.proc.poll() is None, lab.log(proxy.logname)
+    assert proxy.proc.poll() is None, lab.log(proxy.log_name)
     assert sum(show["drops"].values()) >= 5, dump(show["drops"])
     assert {"hoplimit", "no-router-alert"} <= set(show["drops"]), dump(show["drops"])
     assert len(set(received_seqs(lab, "r1"))) >= 195
@@ -222,7 +225,7 @@ def test_two_instances_on_one_host_use_separate_tables(lab):
         "protocol MLDv2;\npinstance a(11): upa ==> d1;\npinstance b(12): upb ==> d2;\n"
         f"pinstance a {FAST_TIMERS};\npinstance b {FAST_TIMERS};\n"
     )
-    proxy = Proxy(lab, px, conf)
+    proxy = start_proxy(lab, px, conf)
     receiver(lab, la, "e0", G1, "ra")
     receiver(lab, lb, "e0", G1, "rb")
     assert wait_for(lambda: has_group(proxy, "a", "d1", G1) and has_group(proxy, "b", "d2", G1), 5)
@@ -260,8 +263,8 @@ def test_peering_carries_only_local_sources(lab):
         + FAST_TIMERS
         + ";\n"
     )
-    prox1 = Proxy(lab, p1, conf.format(n="p1"), name="p1")
-    prox2 = Proxy(lab, p2, conf.format(n="p2"), name="p2")
+    prox1 = start_proxy(lab, p1, conf.format(n="p1"), name="p1")
+    prox2 = start_proxy(lab, p2, conf.format(n="p2"), name="p2")
     receiver(lab, lst, "e0", G1, "r")
     assert wait_for(lambda: has_group(prox2, "p2", "d1", G1), 5)
     # p2 subscribes on its peering; p1's router side on the peering learns it.
@@ -317,11 +320,9 @@ def test_control_socket_adds_and_removes_a_downstream(lab):
     px = lab.ns("px")
     (s1,) = upstream_segment(lab, px, "up0", 1)
     _l1, l2 = access(lab, px, 1), access(lab, px, 2)
-    proxy = Proxy(
+    proxy = start_proxy(
         lab, px, f"protocol MLDv2;\npinstance px(10): up0 ==> d1;\npinstance px {FAST_TIMERS};\n"
     )
-    from proxy.ctl import request
-
     receiver(lab, l2, "e0", G1, "r2")
     assert request(proxy.ctl, {"cmd": "add-downstream", "instance": "px", "interface": "d2"})["ok"]
     assert wait_for(lambda: has_group(proxy, "px", "d2", G1), 3), dump(proxy.show())
@@ -339,7 +340,7 @@ def test_igmpv3_proxy_forwards_ipv4(lab):
     (s1,) = upstream_segment(lab, px, "up0", 1, v4=True)
     l1, _l2 = access(lab, px, 1, v4=True), access(lab, px, 2, v4=True)
     conf = f"protocol IGMPv3;\npinstance px(10): up0 ==> d1 d2;\npinstance px {FAST_TIMERS};\n"
-    proxy = Proxy(lab, px, conf)
+    proxy = start_proxy(lab, px, conf)
     receiver(lab, l1, "e0", "239.1.2.3", "r1")
     assert wait_for(lambda: has_group(proxy, "px", "d1", "239.1.2.3"), 5), dump(proxy.show())
     sender(lab, s1, "e0", "239.1.2.3", "snd", duration=1.0).wait(10)

@@ -9,10 +9,11 @@ import uuid
 
 import pytest
 
-from tests.netns.lab import PY, wait_for
-from topologies import clean
+from lab import clean
+from lab.netns import wait_for
+from lab.paths import PY
 from topologies.network import Network
-from topologies.pmip import multi_lma, single_lma
+from topologies.spec import multi_lma, single_lma
 
 GROUP = "ff0e::db8:77"
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from analysis import load_runs, metrics, summary_table
+from analysis import load_runs, summary_table
 from analysis.__main__ import main
 from analysis.figures import make_figures
 from analysis.report import build_report, write_report
 from analysis.tables import receiver_metrics
+from tests.report_oracle import direct_group, table_rows
 
 T0 = 1_700_000_000_000_000_000
 INTERVAL_NS = 10_000_000  # 100 packets/s
@@ -143,64 +143,6 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _direct_group(root: Path, scenario: str, kind: str, peering: str) -> dict[str, float]:
-    """Numbers computed straight from the CSVs with csv + numpy, not through load.py."""
-    delays, jitters, missing, lost_ms = [], [], [], []
-    for run_dir in sorted((root / scenario / kind / f"peering-{peering}").glob("run-*")):
-        meta_path = run_dir / "meta.json"
-        if not meta_path.is_file() or not json.loads(meta_path.read_text())["completed"]:
-            continue
-        events = list(csv.DictReader((run_dir / "events.csv").open()))
-        handover = [int(e["t_ns"]) for e in events if e["event"] == "handover_start"]
-        moving = next((e["node"] for e in events if e["event"] == "handover_start"), None)
-        for path in sorted(run_dir.glob("receiver-*.csv")):
-            node = path.stem.removeprefix("receiver-")
-            if kind == "receiver-handover" and node != moving:
-                continue
-            rows = [
-                (int(r["seq"]), int(r["send_ns"]), int(r["recv_ns"]))
-                for r in csv.DictReader(path.open())
-            ]
-            rows.sort(key=lambda r: r[2])
-            seen, firsts = set(), []
-            for r in rows:
-                if r[0] not in seen:
-                    seen.add(r[0])
-                    firsts.append(r)
-            seq, send, recv = (np.array(c) for c in zip(*firsts, strict=True))
-            delays += list((recv - send) / 1e6)
-            jitters += list(metrics.rfc3550_jitter(send, recv).series_ms)
-            if handover:
-                # Every packet sent from 500 ms before to 1000 ms after the handover that
-                # never arrived (the report's documented window).
-                sent = {
-                    int(r["seq"]): int(r["send_ns"])
-                    for r in csv.DictReader((run_dir / "sender.csv").open())
-                }
-                window = [s for s, t in sent.items() if -500e6 <= t - handover[0] < 1000e6]
-                lost = len(set(window) - set(seq.tolist()))
-                missing.append(lost)
-                lost_ms.append(lost * 10.0)
-    return {
-        "median": float(np.median(delays)),
-        "p95": float(np.percentile(delays, 95)),
-        "max": float(np.max(delays)),
-        "jitter": float(np.mean(jitters)),
-        "missing": float(np.median(missing)) if missing else math.nan,
-        "lost_ms": float(np.median(lost_ms)) if lost_ms else math.nan,
-    }
-
-
-def _table_rows(report: str) -> dict[tuple[str, str, str], list[str]]:
-    section = report.split("## Results per scenario and kind")[1].split("## Paper claims")[0]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > 3 and cells[2] in ("on", "off"):
-            rows[(cells[0], cells[1], cells[2])] = cells[3:]
-    return rows
-
-
 def test_load_excludes_incomplete_runs(results: Path) -> None:
     runs = load_runs(results)
     assert len(runs.runs) == len(GROUPS) * 2 * RUNS_PER_SIDE
@@ -231,11 +173,11 @@ def test_figures_report_and_numbers(results: Path) -> None:
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000
 
     report = write_report(runs, results).read_text()
-    rows = _table_rows(report)
+    rows = table_rows(report)
     assert len(rows) == len(GROUPS) * 2
     for scenario, kind in GROUPS:
         for peering in ("off", "on"):
-            expect = _direct_group(results, scenario, kind, peering)
+            expect = direct_group(results, scenario, kind, peering)
             cells = rows[(scenario, kind, peering)]
             assert cells[0] == str(RUNS_PER_SIDE)
             assert cells[2] == f"{expect['median']:.2f}"
@@ -255,7 +197,7 @@ def test_figures_report_and_numbers(results: Path) -> None:
 def test_receiver_handover_loss_is_the_synthetic_gap(results: Path) -> None:
     # Runs 0 and 1 drop seqs 49..51 and 49..52: 3 and 4 packets, median 3.5.
     report = build_report(load_runs(results, scenario="single-lma-lte"), results)
-    cells = _table_rows(report)[("single-lma-lte", "receiver-handover", "off")]
+    cells = table_rows(report)[("single-lma-lte", "receiver-handover", "off")]
     assert cells[7] == "3.5" and cells[8] == "35.0"
 
 

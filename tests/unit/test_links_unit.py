@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from topologies import bench, clean, links
+from benchmarks import links as bench
+from lab import clean
+from topologies import backends, links
 from topologies.linkemu import Counters
 from topologies.links import (
     TABLE_I,
@@ -196,16 +198,16 @@ def test_release_time_examples() -> None:
 
 def test_netem_qdisc_commands() -> None:
     lte = TABLE_I["lte"]
-    assert links.netem_qdisc_cmd("pmlab12e0", lte) == [
+    assert backends.netem_qdisc_cmd("pmlab12e0", lte) == [
         "tc", "qdisc", "replace", "dev", "pmlab12e0", "root", "netem", "limit", "20000",
         "delay", "5000us", "3000us",
     ]  # fmt: skip
     tunnel = TABLE_I["tunnel"].resolve(random.Random(1))
-    cmd = links.netem_qdisc_cmd("x", tunnel, seed=42)
+    cmd = backends.netem_qdisc_cmd("x", tunnel, seed=42)
     assert cmd[-2:] == ["seed", "42"]
     assert cmd[cmd.index("delay") + 1] == f"{round(tunnel.delay_ms * 1000)}us"
     special = profile_from("lte", distribution="normal", reorder="preserve", loss=0.005)
-    tail = links.netem_qdisc_cmd("x", special)[9:]
+    tail = backends.netem_qdisc_cmd("x", special)[9:]
     assert tail == [
         "delay",
         "5000us",
@@ -218,14 +220,14 @@ def test_netem_qdisc_commands() -> None:
         "10gbit",
     ]
     fixed = profile_from("lte", jitter_ms=0.0)
-    assert links.netem_qdisc_cmd("x", fixed)[-2:] == ["delay", "5000us"]
+    assert backends.netem_qdisc_cmd("x", fixed)[-2:] == ["delay", "5000us"]
     with pytest.raises(ValueError, match="resolved"):
-        links.netem_qdisc_cmd("x", TABLE_I["tunnel"])
+        backends.netem_qdisc_cmd("x", TABLE_I["tunnel"])
 
 
 def test_netem_endpoint_and_link_commands() -> None:
     ep = Endpoint("pml-mag1", "eth1", "02:00:00:00:00:01")
-    cmds = links.netem_endpoint_cmds("pmlab12e0", ep)
+    cmds = backends.netem_endpoint_cmds("pmlab12e0", ep)
     assert cmds[0] == [
         "ip",
         "link",
@@ -246,10 +248,10 @@ def test_netem_endpoint_and_link_commands() -> None:
         ["ip", "link", "set", "dev", "pmlab12e0", "down"],
         ["ip", "-n", "pml-mag1", "link", "set", "dev", "eth1", "up"],
     ]
-    assert "address" not in links.netem_endpoint_cmds("o", Endpoint("n", "i"))[0]
+    assert "address" not in backends.netem_endpoint_cmds("o", Endpoint("n", "i"))[0]
 
     lte = TABLE_I["lte"]
-    connect = links.netem_connect_cmds("pmlbrab120", "oa", "ob", lte, (1, 2))
+    connect = backends.netem_connect_cmds("pmlbrab120", "oa", "ob", lte, (1, 2))
     assert connect[0][:5] == ["ip", "link", "add", "pmlbrab120", "type"]
     assert "mcast_snooping" in connect[0]
     qdiscs = [c for c in connect if c[0] == "tc"]
@@ -257,28 +259,28 @@ def test_netem_endpoint_and_link_commands() -> None:
     assert [(c[4], c[-1]) for c in qdiscs] == [("ob", "1"), ("oa", "2")]
     assert ["ip", "link", "set", "dev", "oa", "master", "pmlbrab120"] in connect
     assert ["ip", "link", "set", "dev", "ob", "up"] in connect
-    unseeded = links.netem_connect_cmds("br", "oa", "ob", lte, None)
+    unseeded = backends.netem_connect_cmds("br", "oa", "ob", lte, None)
     assert all("seed" not in c for c in unseeded)
 
-    disconnect = links.netem_disconnect_cmds("br", "oa", "ob")
+    disconnect = backends.netem_disconnect_cmds("br", "oa", "ob")
     assert disconnect[0] == ["ip", "link", "set", "dev", "oa", "down"]
     assert disconnect[-1] == ["ip", "link", "del", "dev", "br"]
-    assert links.netem_remove_endpoint_cmds("oa") == [["ip", "link", "del", "dev", "oa"]]
+    assert backends.netem_remove_endpoint_cmds("oa") == [["ip", "link", "del", "dev", "oa"]]
 
 
 def test_netem_names_fit_ifnamsiz() -> None:
     for tag in ("x", "a-very-long-tag-name-1234", "pmlc123456"):
         for index in (0, 999, 99999):
-            assert links.netem_outer_name(tag, index).startswith("pml")
-            assert len(links.netem_outer_name(tag, index)) <= 15
-            assert links.netem_bridge_name(tag, index).startswith("pmlbr")
-            assert len(links.netem_bridge_name(tag, index)) <= 15
+            assert backends.netem_outer_name(tag, index).startswith("pml")
+            assert len(backends.netem_outer_name(tag, index)) <= 15
+            assert backends.netem_bridge_name(tag, index).startswith("pmlbr")
+            assert len(backends.netem_bridge_name(tag, index)) <= 15
 
 
 def test_netem_direction_seeds_differ_and_repeat() -> None:
-    assert links.netem_direction_seed(3, 0) == links.netem_direction_seed(3, 0)
-    assert links.netem_direction_seed(3, 0) != links.netem_direction_seed(3, 1)
-    assert 0 <= links.netem_direction_seed(3, 1) < 2**63
+    assert backends.netem_direction_seed(3, 0) == backends.netem_direction_seed(3, 0)
+    assert backends.netem_direction_seed(3, 0) != backends.netem_direction_seed(3, 1)
+    assert 0 <= backends.netem_direction_seed(3, 1) < 2**63
 
 
 def test_parse_tc_stats() -> None:
@@ -286,8 +288,8 @@ def test_parse_tc_stats() -> None:
         '[{"kind":"netem","handle":"8001:","root":true,"refcnt":2,"options":{},'
         '"bytes":1234,"packets":10,"drops":2,"overlimits":0,"requeues":0}]'
     )
-    assert links.parse_tc_stats(text) == {"frames": 10, "bytes": 1234, "drops": 2}
-    assert links.parse_tc_stats("") == {"frames": 0, "bytes": 0, "drops": 0}
+    assert backends.parse_tc_stats(text) == {"frames": 10, "bytes": 1234, "drops": 2}
+    assert backends.parse_tc_stats("") == {"frames": 0, "bytes": 0, "drops": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,19 +297,19 @@ def test_parse_tc_stats() -> None:
 
 
 def test_select_backend_netem_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(links, "netem_available", lambda: False)
+    monkeypatch.setattr(backends, "netem_available", lambda: False)
     with pytest.raises(BackendUnavailable) as info:
-        links.select_backend("netem")
+        backends.select_backend("netem")
     assert "\n" not in str(info.value) and "sch_netem" in str(info.value)
-    assert isinstance(links.select_backend("auto"), links.EmulatorBackend)
-    assert isinstance(links.select_backend("emulator", tag="t"), links.EmulatorBackend)
+    assert isinstance(backends.select_backend("auto"), backends.EmulatorBackend)
+    assert isinstance(backends.select_backend("emulator", tag="t"), backends.EmulatorBackend)
     with pytest.raises(ValueError, match="unknown link backend"):
-        links.select_backend("ovs")
+        backends.select_backend("ovs")
 
 
 def test_select_backend_prefers_netem(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(links, "netem_available", lambda: True)
-    assert isinstance(links.select_backend("auto"), links.NetemBackend)
+    monkeypatch.setattr(backends, "netem_available", lambda: True)
+    assert isinstance(backends.select_backend("auto"), backends.NetemBackend)
 
 
 def test_backend_bookkeeping_without_a_kernel() -> None:
@@ -393,6 +395,19 @@ def test_bench_statistics() -> None:
     assert bench.configured_cdf(normal, 5.0 + 3.0) == pytest.approx(0.8413, abs=1e-4)
 
 
+def test_bench_cdf_panels_carry_the_configured_curve() -> None:
+    lte = TABLE_I["lte"]
+    delays = [2.0 + 6.0 * i / 999 for i in range(1000)]
+    (panel,) = bench.cdf_panels([{"profile": "lte", "delays_ms": delays}], {"lte": lte})
+    assert (panel["delay_ms"], panel["jitter_ms"]) == (5.0, 3.0)
+    xs, ys = panel["model_x"], panel["model_cdf"]
+    assert len(xs) == len(ys) == 401 and xs == sorted(xs)
+    assert xs[0] < 2.0 and xs[-1] > 8.0 and ys[0] == 0.0 and ys[-1] == 1.0
+    assert ys == [bench.configured_cdf(lte, x) for x in xs]
+    (empty,) = bench.cdf_panels([{"profile": "lte", "delays_ms": []}], {"lte": lte})
+    assert "model_x" not in empty
+
+
 def test_bench_judge() -> None:
     lte = TABLE_I["lte"]
     good = {"n": 30000, "mean_ms": 5.05, "sd_ms": 1.75}
@@ -468,14 +483,14 @@ def test_netem_backend_issues_the_commands(monkeypatch: pytest.MonkeyPatch) -> N
         out = '[{"kind":"netem","root":true,"bytes":100,"packets":1,"drops":0}]'
         return subprocess.CompletedProcess(cmd, 0, out if cmd[:2] == ["tc", "-s"] else "", "")
 
-    monkeypatch.setattr(links, "run_cmd", record)
-    monkeypatch.setattr(links, "netem_available", lambda: True)
-    monkeypatch.setattr(links, "netem_seed_supported", lambda: False)
-    be = links.select_backend("netem", tag="unit")
-    assert isinstance(be, links.NetemBackend)
+    monkeypatch.setattr(backends, "run_cmd", record)
+    monkeypatch.setattr(backends, "netem_available", lambda: True)
+    monkeypatch.setattr(backends, "netem_seed_supported", lambda: False)
+    be = backends.select_backend("netem", tag="unit")
+    assert isinstance(be, backends.NetemBackend)
     mn, mag1, mag2 = (Endpoint(f"pml-{n}", "eth0") for n in ("mn", "mag1", "mag2"))
-    outer = [links.netem_outer_name("unit", i) for i in range(3)]
-    bridge = [links.netem_bridge_name("unit", i) for i in range(2)]
+    outer = [backends.netem_outer_name("unit", i) for i in range(3)]
+    bridge = [backends.netem_bridge_name("unit", i) for i in range(2)]
     with be:
         for ep in (mn, mag1, mag2):
             be.add_endpoint(ep)

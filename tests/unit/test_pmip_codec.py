@@ -1,4 +1,4 @@
-"""PBU/PBA codec of experiments.pmip against scapy (the independent oracle) and by hand;
+"""PBU/PBA codec of pmip.mh against scapy (the independent oracle) and by hand;
 also the LMA's PBU checks and binding-cache decisions, run against a fake routing table.
 
 scapy 2.5 knows the Binding Update/Ack and the MN Identifier option, and NEMO's Mobile
@@ -15,14 +15,13 @@ from ipaddress import IPv6Address, IPv6Network
 
 import pytest
 
-from experiments.pmip import (
+from pmip.lma import LmaAgent
+from pmip.mh import (
     PBA,
     PBU,
     BaFlags,
     BuFlags,
-    EventLog,
     Handoff,
-    LmaAgent,
     MhError,
     Status,
     decode_mh,
@@ -32,6 +31,7 @@ from experiments.pmip import (
     timestamp_from_ns,
     timestamp_to_ns,
 )
+from proxy.events import EventLog
 
 scapy_inet6 = pytest.importorskip("scapy.layers.inet6")
 

@@ -1,11 +1,12 @@
 """Fidelity benchmark of the link backends against Table I, and the namespace probe helpers.
 
-``python -m topologies.bench [--quick] [--backend auto|emulator|netem]`` builds one link per
+``python -m benchmarks.links [--quick] [--backend auto|emulator|netem]`` builds one link per
 Table I profile, each between two fresh namespaces, and runs all of them at once: 10 UDP
 flows per link at 100 packets/s for 30 s (3 s with ``--quick``). The sender puts its
 CLOCK_REALTIME send time in the payload; the receiver takes the kernel's receive time
 (SO_TIMESTAMPNS), so the one-way delay is measured on one clock. It writes
-``results/bench/links.json`` and ``results/bench/links-cdf.{png,pdf}``.
+``results/bench/links.json`` and ``results/bench/links-cdf.{png,pdf}`` (another directory
+with ``--results``); the figure is drawn by ``analysis.benchfigures``.
 
 Targets: the mean delay within 0.2 ms and the standard deviation within 5 % of the
 configured distribution. The mean is judged against the mean of the delays the emulator
@@ -15,7 +16,9 @@ timing, not the random draw. Where draws are not reported (netem) the mean must 
 0.2 ms plus three standard errors of the configured delay. A missed target prints a FAIL
 line but does not change the exit status.
 
-`netns_socket`, `make_netns` and `recv_with_timestamp` are shared with the namespace tests.
+The probe helpers (``add_address``, ``static_neighbour``, ``enable_timestamps``,
+``recv_with_timestamp``) and the statistics are shared with the link tests; namespaces and
+their sockets come from ``lab.netns``.
 """
 
 from __future__ import annotations
@@ -29,34 +32,30 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from topologies.clean import remove_netns
+from analysis.benchfigures import links_cdf_figure
+from benchmarks.results import RESULTS
+from lab.clean import remove_netns
+from lab.mcsock import SO_TIMESTAMPNS
+from lab.netns import make_netns, netns_socket
+from lab.provenance import git_commit, machine
+from topologies.backends import run_cmd, select_backend
 from topologies.links import (
-    REPO_ROOT,
     TABLE_I,
     BackendUnavailable,
     Endpoint,
     LinkBackend,
     LinkProfile,
     direction_key,
-    run_cmd,
-    select_backend,
 )
 
-T = TypeVar("T")
-
-CLONE_NEWNET = 0x40000000
-SO_TIMESTAMPNS = 35  # not exported by Python's socket module
 PR_SET_TIMERSLACK = 29
 MEAN_TARGET_MS = 0.2
 SD_TARGET_PCT = 5.0
@@ -65,52 +64,12 @@ RATE_PPS = 100
 PORT_BASE = 40000
 PAYLOAD = struct.Struct("!qIH")  # send time (CLOCK_REALTIME ns), sequence number, flow
 PAYLOAD_SIZE = 64
-OUT_DIR = REPO_ROOT / "results" / "bench"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 # --------------------------------------------------------------------------------------------
-# Namespace helpers (also used by tests/netns)
-
-
-def in_netns(netns: str, fn: Callable[[], T]) -> T:
-    """Call ``fn`` in a short-lived thread that joined the named network namespace.
-
-    setns(CLONE_NEWNET) moves only the calling thread; sockets it creates stay in that
-    namespace for their whole life, whichever thread uses them later.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with open(f"/run/netns/{netns}", "rb") as f:
-                if _libc.setns(f.fileno(), CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"setns-{netns}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def netns_socket(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A socket living in network namespace ``netns``."""
-    return in_netns(netns, lambda: socket.socket(family, kind, proto))
-
-
-def make_netns(name: str) -> None:
-    """A fresh namespace with loopback up and IPv6 DAD off (addresses usable at once)."""
-    run_cmd(["ip", "netns", "add", name])
-    run_cmd(["ip", "-n", name, "link", "set", "dev", "lo", "up"])
-    for key in ("all", "default"):
-        run_cmd(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"])
+# Probe helpers (also used by tests/netns)
 
 
 def add_address(ep: Endpoint, cidr: str) -> None:
@@ -355,53 +314,42 @@ def analyse(
     return result
 
 
-def plot_cdfs(
-    results: list[dict[str, Any]], profiles: dict[str, LinkProfile], out_base: Path
-) -> list[Path]:
-    import matplotlib
+def configured_curve(
+    profile: LinkProfile, delays_ms: list[float], points: int = 400
+) -> tuple[list[float], list[float]]:
+    """The configured CDF over the x range of a plot of ``delays_ms``.
 
-    matplotlib.use("Agg")
-    with warnings.catch_warnings():
-        # Debian's mpl_toolkits next to a pip matplotlib: only 3-D plots are lost.
-        warnings.filterwarnings("ignore", message="Unable to import Axes3D")
-        import matplotlib.pyplot as plt
+    The range is the configured support plus the bulk of the measurements: a few late
+    packets must not squeeze the distribution into a corner.
+    """
+    delays = sorted(delays_ms)
+    n = len(delays)
+    half = profile.jitter_ms * (1.1 if profile.distribution == "uniform" else 3.0)
+    lo = min(profile.delay_ms - half, delays[n // 1000])
+    hi = max(profile.delay_ms + half, delays[-1 - n // 1000])
+    lo, hi = max(0.0, lo - 0.02 * (hi - lo)), hi + 0.02 * (hi - lo)
+    xs = [lo + (hi - lo) * i / points for i in range(points + 1)]
+    return xs, [configured_cdf(profile, x) for x in xs]
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.0), squeeze=False)
-    for ax, res in zip(axes[0], results, strict=True):
-        delays = sorted(res["delays_ms"])
+
+def cdf_panels(
+    results: list[dict[str, Any]], profiles: dict[str, LinkProfile]
+) -> list[dict[str, Any]]:
+    """What ``analysis.benchfigures.links_cdf_figure`` draws: per link the measured delays
+    and the configured CDF of its resolved profile."""
+    panels = []
+    for res in results:
         profile = profiles[res["profile"]]
-        if delays:
-            n = len(delays)
-            ax.step(delays, [(i + 1) / n for i in range(n)], where="post", label="measured")
-            # The configured support plus the bulk of the measurements: a few late packets
-            # must not squeeze the distribution into a corner.
-            half = profile.jitter_ms * (1.1 if profile.distribution == "uniform" else 3.0)
-            lo = min(profile.delay_ms - half, delays[n // 1000])
-            hi = max(profile.delay_ms + half, delays[-1 - n // 1000])
-            lo, hi = max(0.0, lo - 0.02 * (hi - lo)), hi + 0.02 * (hi - lo)
-            xs = [lo + (hi - lo) * i / 400 for i in range(401)]
-            ax.plot(xs, [configured_cdf(profile, x) for x in xs], "--", label="configured")
-            ax.set_xlim(lo, hi)
-        ax.set_title(f"{res['profile']}: {profile.delay_ms:.1f} ms ± {profile.jitter_ms:g} ms")
-        ax.set_xlabel("one-way delay [ms]")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("CDF")
-    axes[0][0].legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
-
-
-def git_commit() -> str | None:
-    proc = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=40"],
-        capture_output=True,
-        text=True,
-    )
-    return proc.stdout.strip() or None
+        panel = {
+            "profile": res["profile"],
+            "delay_ms": profile.delay_ms,
+            "jitter_ms": profile.jitter_ms,
+            "delays_ms": res["delays_ms"],
+        }
+        if res["delays_ms"]:
+            panel["model_x"], panel["model_cdf"] = configured_curve(profile, res["delays_ms"])
+        panels.append(panel)
+    return panels
 
 
 @contextmanager
@@ -456,9 +404,8 @@ def run_bench(duration_s: float, backend_name: str, seed: int = 1) -> dict[str, 
         )
         for link in links
     ]
-    uname = os.uname()
     report = {
-        "machine": {"uname": " ".join(uname), "nproc": os.cpu_count()},
+        "machine": machine(),
         "git_commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "duration_s": duration_s,
@@ -506,14 +453,22 @@ def print_summary(results: list[dict[str, Any]]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m topologies.bench",
+        prog="python -m benchmarks.links",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="3 s instead of 30 s")
     parser.add_argument("--backend", default="auto", choices=["auto", "emulator", "netem"])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--results",
+        "--out",
+        dest="out",
+        metavar="DIR",
+        type=Path,
+        default=RESULTS,
+        help=f"output directory (default {RESULTS})",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the link bench needs root (network namespaces)", file=sys.stderr)
@@ -525,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report, resolved = outcome["report"], outcome["resolved"]
     args.out.mkdir(parents=True, exist_ok=True)
-    plots = plot_cdfs(report["profiles"], resolved, args.out / "links-cdf")
+    plots = links_cdf_figure(cdf_panels(report["profiles"], resolved), args.out)
     for r in report["profiles"]:
         del r["delays_ms"]
     json_path = args.out / "links.json"

@@ -1,6 +1,6 @@
 """Cleanup of everything the testbed leaves on a host: ``pml*`` namespaces and interfaces, PIDs.
 
-``python -m topologies.clean`` removes, in this order:
+``python -m lab.clean`` (``make clean``) removes, in this order:
 
 1. the processes recorded in ``/run/pmiplab/*.pid`` (so a link emulator closes its TAP devices
    and daemons stop before their namespaces go), after checking that ``/proc/PID/cmdline``
@@ -30,10 +30,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-RUN_DIR = Path("/run/pmiplab")
+from lab.paths import RUN_DIR
+
 PREFIX = "pml"
 # Command-line words that identify our processes when a pid file names no marker.
-PROJECT_MARKERS = ("-m topologies", "-m proxy", "-m experiments", "pymcproxy", "pmiplab")
+PROJECT_MARKERS = (
+    "-m topologies",
+    "-m proxy",
+    "-m pmip",
+    "-m experiments",
+    "-m benchmarks",
+    "pymcproxy",
+    "pmiplab",
+)
 TERM_GRACE_S = 2.0
 
 Log = Callable[[str], None]
@@ -156,7 +165,7 @@ def cleanup(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m topologies.clean",
+        prog="python -m lab.clean",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

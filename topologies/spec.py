@@ -38,6 +38,7 @@ LinkKind = Literal["lte", "umts", "tunnel", "peering", "local-peering", "backbon
 MAG_ACCESS_MAC = "02:00:00:00:01:00"
 MAG_ACCESS_LL = "fe80::1"
 ACCESS_KINDS = ("lte", "umts")
+PEERING_KINDS = ("peering", "local-peering")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,28 @@ class LinkSpec:
     b: str
     b_if: str
     connected: bool = True  # access interfaces of MNs elsewhere start unconnected
+    # Peering links: the LMA whose proxy instance owns each end (0 for other links).
+    a_lma: int = 0
+    b_lma: int = 0
+
+    @property
+    def is_peering(self) -> bool:
+        return self.kind in PEERING_KINDS
+
+    def ends(self) -> tuple[tuple[str, str, int], tuple[str, str, int]]:
+        """(node, interface, owning LMA) of both ends."""
+        return (self.a, self.a_if, self.a_lma), (self.b, self.b_if, self.b_lma)
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """One proxy instance as the topology sees it: its interfaces by role and its table."""
+
+    name: str
+    upstreams: tuple[str, ...]
+    downstreams: tuple[str, ...]
+    peerings: tuple[str, ...] = ()
+    table_id: int | None = None
 
 
 @dataclass
@@ -105,31 +128,38 @@ class TopologySpec:
     def instance_name(self, mag: int, lma: int) -> str:
         return f"mag{mag}_lma{lma}"
 
-    def mag_instances(self, mag: int) -> dict[int, dict[str, list[str]]]:
-        """Per LMA: the upstream, downstreams and peerings of MAG ``mag``'s instance."""
-        out: dict[int, dict[str, list[str]]] = {}
+    def mag_instances(self, mag: int) -> list[InstancePlan]:
+        """MAG ``mag``'s proxy instances, one per LMA: upstream tunnel, access links, peerings.
+
+        Instance l uses kernel table 10 + l; its peerings are the peering ends it owns
+        (none when the spec has peering off: the links do not exist then).
+        """
+        out = []
         for lma in range(1, self.lmas + 1):
-            downs = [
+            downs = tuple(
                 self.access_if(n.name)
                 for n in self.end_nodes()
                 if n.lma == lma and (n.role == "mn" or n.mag == mag)
-            ]
-            peers = []
-            if self.peering:
-                for link in self.links:
-                    if link.kind in ("peering", "local-peering"):
-                        for node, ifname in ((link.a, link.a_if), (link.b, link.b_if)):
-                            if node == f"mag{mag}" and ifname.startswith(f"p{lma}m"):
-                                peers.append(ifname)
-            out[lma] = {"upstreams": [f"t-lma{lma}"], "downstreams": downs, "peerings": peers}
+            )
+            peers = tuple(
+                ifname
+                for link in self.links
+                if link.is_peering
+                for node, ifname, owner in link.ends()
+                if node == f"mag{mag}" and owner == lma
+            )
+            out.append(
+                InstancePlan(self.instance_name(mag, lma), (f"t-lma{lma}",), downs, peers, 10 + lma)
+            )
         return out
 
-    def lma_interfaces(self, lma: int) -> dict[str, list[str]]:
-        downs = [f"t-mag{m}" for m in range(1, self.mags + 1)]
+    def lma_instance(self, lma: int) -> InstancePlan:
+        """LMA ``lma``'s proxy instance: LMA1 below the core stub, the others below LMA1."""
+        downs = tuple(f"t-mag{m}" for m in range(1, self.mags + 1))
         if lma == 1:
-            downs += [f"bb-lma{other}" for other in range(2, self.lmas + 1)]
-            return {"upstreams": ["core"], "downstreams": downs, "peerings": []}
-        return {"upstreams": ["bb-lma1"], "downstreams": downs, "peerings": []}
+            downs += tuple(f"bb-lma{other}" for other in range(2, self.lmas + 1))
+            return InstancePlan("lma1", ("core",), downs, (), 10)
+        return InstancePlan(f"lma{lma}", ("bb-lma1",), downs, (), 10)
 
 
 def pmip_domain(
@@ -197,6 +227,8 @@ def _add_peerings(spec: TopologySpec) -> None:
                     spec.peering_if(l1, m2, l2),
                     f"mag{m2}",
                     spec.peering_if(l2, m1, l1),
+                    a_lma=l1,
+                    b_lma=l2,
                 )
             )
 
