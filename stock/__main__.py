@@ -84,10 +84,25 @@ def shim() -> Path:
 
 def guest_env(kernel: str) -> dict[str, str]:
     path = f"{CHECKOUT}/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    env = {"PATH": path, "HOME": "/root", "PMIPLAB_GUEST": "1", "PMIPLAB_GUEST_KERNEL": kernel,
-           "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    env.update({k: v for k, v in os.environ.items() if k in PASS_ENV or k.startswith("PMIPLAB_")
-                and k not in ("PMIPLAB_GUEST", "PMIPLAB_GUEST_KERNEL")})
+    env = {
+        "PATH": path,
+        "HOME": "/root",
+        "PMIPLAB_GUEST": "1",
+        "PMIPLAB_GUEST_KERNEL": kernel,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.update(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k in PASS_ENV
+            or k.startswith("PMIPLAB_")
+            and k not in ("PMIPLAB_GUEST", "PMIPLAB_GUEST_KERNEL")
+        }
+    )
+    if not sys.stdout.isatty():
+        env["TERM"] = "dumb"  # the guest's console is a tty; ours is not: no colours
     return env
 
 
@@ -103,7 +118,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/ovl/upper /run/ovl/work /run/ovl/root
-grep -qw overlay /proc/filesystems || insmod {q(str(modules))}/$(uname -r)/kernel/fs/overlayfs/overlay.ko
+grep -qw overlay /proc/filesystems ||
+  insmod {q(str(modules))}/$(uname -r)/kernel/fs/overlayfs/overlay.ko
 mount -t overlay -o lowerdir=/,upperdir=/run/ovl/upper,workdir=/run/ovl/work overlay /run/ovl/root
 mkdir -p /run/ovl/root/.oldroot
 cd /run/ovl/root && pivot_root . .oldroot && cd /
@@ -122,6 +138,7 @@ mount -t hostfs -o {q(str(rundir))} hostfs /run/pmls-host
 mount -t hostfs -o {q(str(CHECKOUT))} hostfs {q(str(CHECKOUT))}
 mount --bind {q(str(modules))}/$(uname -r) /lib/modules/$(uname -r)
 modprobe -q ipv6
+modprobe -q tun  # creates /dev/net/tun (Debian's kernel has tun as a module)
 hostname pmiplab-guest
 ip link set lo up
 sysctl -q -e --system >/dev/null 2>&1
@@ -163,12 +180,26 @@ def run(args: argparse.Namespace) -> int:
         init = rundir / "init"
         init.write_text(init_script(rundir, kernel, modules, args.cmd))
         init.chmod(0o755)
-        cmdline = [str(linux), f"mem={args.mem}", "root=/dev/root", "rootfstype=hostfs",
-                   "rootflags=/", "ro", f"init={init}", "con0=null,fd:1", "con=null",
-                   "ssl=null", f"uml_dir={rundir}", "umid=guest", "quiet"]
+        cmdline = [
+            str(linux),
+            f"mem={args.mem}",
+            "root=/dev/root",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "ro",
+            f"init={init}",
+            "con0=null,fd:1",
+            "con=null",
+            "ssl=null",
+            f"uml_dir={rundir}",
+            "umid=guest",
+            "quiet",
+        ]
         env = dict(os.environ, TMPDIR="/dev/shm", LD_PRELOAD=str(preload))
-        log(f"booting {kernel} kernel {linux} (boot timeout {args.boot_timeout:g} s, "
-            f"total {args.timeout:g} s)")
+        log(
+            f"booting {kernel} kernel {linux} (boot timeout {args.boot_timeout:g} s, "
+            f"total {args.timeout:g} s)"
+        )
         return boot(cmdline, env, rundir, args)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
@@ -176,14 +207,21 @@ def run(args: argparse.Namespace) -> int:
 
 def boot(cmdline: list[str], env: dict, rundir: Path, args: argparse.Namespace) -> int:
     start = time.monotonic()
-    proc = subprocess.Popen(cmdline, env=env, cwd=rundir, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=no_core_dumps)
+    proc = subprocess.Popen(
+        cmdline,
+        env=env,
+        cwd=rundir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=no_core_dumps,
+    )
     early: list[bytes] = []  # UML's boot chatter, shown only when the boot fails
     state = "boot"
     out = sys.stdout.buffer
     os.set_blocking(proc.stdout.fileno(), False)
-    pending = b""
+    pending, at_line_start = b"", True
     try:
         while True:
             elapsed = time.monotonic() - start
@@ -208,16 +246,19 @@ def boot(cmdline: list[str], env: dict, rundir: Path, args: argparse.Namespace) 
                         out.write(line + b"\n")
                     if text.startswith(UP):
                         state = "run"
-                        log(f"guest up after {elapsed:.1f} s ({text[len(UP):].strip()})")
+                        log(f"guest up after {elapsed:.1f} s ({text[len(UP) :].strip()})")
                 elif state == "run":
                     head, marker, _ = line.partition(DONE.encode())
-                    out.write(head + (b"\n" if head or not marker else b""))
+                    if head or not marker or not at_line_start:
+                        out.write(head + b"\n")
+                        at_line_start = True
                     if marker:
                         state = "done"
-            if state == "run":  # a partial line (pytest's progress dots), less a marker's start
+            if state == "run" and pending:  # a partial line (pytest's dots), less a marker start
                 keep = held_back(pending)
-                out.write(pending[: len(pending) - keep])
-                pending = pending[len(pending) - keep :]
+                if len(pending) > keep:
+                    out.write(pending[: len(pending) - keep])
+                    pending, at_line_start = pending[len(pending) - keep :], False
             out.flush()
         proc.wait(timeout=max(1.0, args.timeout - (time.monotonic() - start)))
         kill_group(proc)  # UML's helper processes, should any outlive it
@@ -237,13 +278,16 @@ def boot(cmdline: list[str], env: dict, rundir: Path, args: argparse.Namespace) 
         log(f"guest ended without an exit code (linux exit {proc.returncode})")
         return 125
     rc = int(rc_file.read_text().strip() or 125)
-    log(f"guest exit {rc}, {time.monotonic() - start:.1f} s in all")
+    if args.verbose:  # otherwise the command's own output (pytest's summary) ends ours
+        log(f"guest exit {rc}, {time.monotonic() - start:.1f} s in all")
     return rc
 
 
 def held_back(data: bytes) -> int:
     """Length of the longest end of data that could be the start of the exit marker."""
     marker = DONE.encode()
+    if marker in data:
+        return len(data) - data.index(marker)
     for n in range(min(len(marker), len(data)), 0, -1):
         if marker.startswith(data[-n:]):
             return n
