@@ -205,7 +205,13 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
+def stop(signum, frame):
+    raise SystemExit(f"stock: stopped by signal {signum}")  # `finally` kills the guest
+
+
 def boot(cmdline: list[str], env: dict, rundir: Path, args: argparse.Namespace) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     start = time.monotonic()
     proc = subprocess.Popen(
         cmdline,
