@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if "," in str(CHECKOUT):
         sys.exit(f"stock: the checkout path may not contain a comma: {CHECKOUT}")
     kernel, linux, modules = choose_kernel(args.kernel)
-    preload = shim()
+    preload = "" if args.no_shim else str(shim())
     rundir = Path(tempfile.mkdtemp(prefix="pmls-uml-", dir="/tmp"))
     try:
         init = rundir / "init"
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
             "umid=guest",
             "quiet",
         ]
-        env = dict(os.environ, TMPDIR="/dev/shm", LD_PRELOAD=str(preload))
+        env = dict(os.environ, TMPDIR="/dev/shm", LD_PRELOAD=preload)
         log(
             f"booting {kernel} kernel {linux} (boot timeout {args.boot_timeout:g} s, "
             f"total {args.timeout:g} s)"
@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--boot-timeout", type=float, default=60.0, help="seconds to reach init")
     r.add_argument("--timeout", type=float, default=1200.0, help="seconds for everything")
     r.add_argument("--mem", default="2G")
+    r.add_argument("--no-shim", action="store_true", help="without stock/xstate_shim.c (to test)")
     r.add_argument("-v", "--verbose", action="store_true", help="show the kernel's boot output")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("kernel-dir", help="print where `make uml-kernel` caches this config")

@@ -2,16 +2,18 @@
  * LD_PRELOAD shim that lets user-mode Linux 6.1 run on hosts with a large XSAVE area.
  *
  * UML saves and restores a guest thread's FPU state with
- * ptrace(PTRACE_GETREGSET/PTRACE_SETREGSET, pid, NT_X86_XSTATE, {buf, 832}). The host
+ * ptrace(PTRACE_GETREGSET/PTRACE_SETREGSET, pid, NT_X86_XSTATE, {buf, len}), len = UML's
+ * HOST_FP_SIZE (2,696 bytes in Debian's 6.1 builds: legacy, AVX and AVX-512). The host
  * kernel truncates a short GETREGSET, but rejects a SETREGSET that is not exactly its full
- * user xstate size with EFAULT (10,688 bytes on this AVX-512/AMX machine), and UML panics:
- * "userspace - ptrace set fp regs failed, errno = 14".
+ * user xstate size with EFAULT (11,008 bytes on this AVX-512/AMX machine: AMX tile state
+ * comes on top), and UML panics: "userspace - ptrace set fp regs failed, errno = 14".
+ * PMIPLAB_SHIM_DEBUG=1 prints both sizes once.
  *
  * This shim keeps, for every UML register buffer (one per guest thread: regs->fp and
  * aux_fp_regs live in the thread's task struct), a full-size copy of the state last read
  * into it. GETREGSET reads the full state into that copy and hands UML the part it asked
  * for; SETREGSET overlays UML's part on the copy and writes the full copy back, so the
- * registers UML does not know about (AVX-512, AMX) come back unchanged for that thread.
+ * registers UML does not know about (AMX) come back unchanged for that thread.
  * The full size is what the host kernel reports for a GETREGSET with a large buffer.
  *
  * Build: gcc -O2 -shared -fPIC -o xstate_shim.so xstate_shim.c -ldl
@@ -23,11 +25,14 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #ifndef NT_X86_XSTATE
 #define NT_X86_XSTATE 0x202
@@ -93,6 +98,12 @@ static long xstate(int request, pid_t pid, struct iovec *user)
 		if (rc < 0)
 			return rc;
 		full_size = iov.iov_len;
+		if (getenv("PMIPLAB_SHIM_DEBUG")) {
+			char msg[96];
+			int n = snprintf(msg, sizeof(msg), "xstate shim: UML passes %zu bytes, host wants %zu\n",
+					 user->iov_len, full_size);
+			(void)!write(2, msg, n);
+		}
 	}
 	if (user->iov_len >= full_size)
 		return real_ptrace(request, pid, (void *)NT_X86_XSTATE, user);
