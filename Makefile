@@ -18,9 +18,18 @@ RESULTS  ?= results
 
 .PHONY: help install sysdeps test lint experiment list figures paper bench bench-links clean topo
 
+# Stock-kernel lane: tests in a user-mode Linux guest (README "Stock-kernel lane").
+STOCK_TESTS    ?= tests/stock
+STOCK_KERNEL   ?= auto
+STOCK_TIMEOUT  ?= 1500
+STOCK_SYSPKGS  := user-mode-linux gcc libc6-dev openvswitch-switch bridge-utils
+KERNEL_SYSPKGS := linux-source-6.1 gcc make bc flex bison libelf-dev libssl-dev xz-utils kmod
+.PHONY: uml-kernel test-stock
+
 help:
 	@echo "make experiment SCENARIO=multi-lma-lte   run a scenario (peering on and off, REPS runs)"
 	@echo "make test                                install everything and run the test suite"
+	@echo "make test-stock [STOCK_TESTS=...]        the stock-kernel suites in a user-mode Linux guest"
 	@echo "make list | figures | paper | bench | bench-links | topo TOPO=... | clean | lint"
 
 install: $(STAMP)
@@ -84,3 +93,13 @@ topo: sysdeps $(STAMP)
 clean:
 	@if [ -x $(PY) ]; then $(PY) -m lab.clean; fi
 	rm -rf .pytest_cache .ruff_cache
+
+uml-kernel:
+	@if [ ! -x "$$(stock/build-kernel --dir)/linux" ]; then \
+	  $(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS)"; fi
+	stock/build-kernel
+
+test-stock: sysdeps $(STAMP) $(if $(filter debian,$(STOCK_KERNEL)),,uml-kernel)
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(STOCK_SYSPKGS)"
+	$(PY) -m stock run --kernel $(STOCK_KERNEL) --timeout $(STOCK_TIMEOUT) -- \
+	  $(PY) -m pytest -q -p no:cacheprovider -rs $(STOCK_TESTS)
