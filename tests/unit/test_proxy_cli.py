@@ -14,10 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def pymcproxy(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
+def pymcproxy(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "proxy", *args]
-    if user:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
 
 
@@ -53,13 +51,21 @@ def test_running_a_bad_file_starts_nothing(tmp_path):
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody"
 )
 def test_not_root_is_one_line_and_exit_2():
-    # pytest's tmp_path is private to root: the unprivileged user reads this one in /tmp.
-    with tempfile.NamedTemporaryFile("w", suffix=".conf", prefix="pmlt") as conf:
-        conf.write("protocol MLDv2;\npinstance p: up0 ==> d1;\n")
-        conf.flush()
-        os.chmod(conf.name, 0o644)
-        res = pymcproxy("-f", conf.name, user="65534")
-    assert res.returncode == 2
+    # The checkout may be private to root (a clone under /root): the unprivileged user runs
+    # a copy of the daemon package (standard library only) from a directory it can read.
+    with tempfile.TemporaryDirectory(prefix="pmlt") as tmp:
+        os.chmod(tmp, 0o755)
+        shutil.copytree(
+            REPO / "proxy", Path(tmp) / "proxy", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        conf = Path(tmp) / "p.conf"
+        conf.write_text("protocol MLDv2;\npinstance p: up0 ==> d1;\n")
+        for path in Path(tmp).rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        cmd += ["/usr/bin/python3", "-m", "proxy", "-f", str(conf)]
+        res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stderr
     assert (
         res.stderr.strip()
         == "error: pymcproxy needs root (raw sockets and kernel multicast routing)"
