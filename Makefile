@@ -62,6 +62,7 @@ experiment: sysdeps $(STAMP)
 	@if [ -z "$(SCENARIO)" ]; then echo "error: give SCENARIO=name (see 'make list')" >&2; exit 2; fi
 	@rc=0; $(PY) -m experiments run $(SCENARIO) --kind $(KIND) --peering $(PEERING) \
 	  --reps $(REPS) --duration $(DURATION) --seed $(SEED) --results "$(RESULTS)" \
+	  $(if $(BACKEND),--backend $(BACKEND)) $(if $(TUNNELS),--tunnels $(TUNNELS)) \
 	  $(foreach s,$(SET),--set $(s)) $(if $(FORCE),--force,--resume) || rc=$$?; \
 	if [ $$rc -ne 130 ] && [ -d "$(RESULTS)/$(SCENARIO)" ]; then \
 	  $(PY) -m analysis summary "$(RESULTS)/$(SCENARIO)" && \

@@ -41,7 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.reps < 1:
         raise ValueError("reps must be at least 1")
     params = scenarios.apply_settings(
-        scenarios.Parameters(duration=args.duration, backend=args.backend), args.set
+        scenarios.Parameters(duration=args.duration, backend=args.backend, tunnels=args.tunnels),
+        args.set,
     )
     _need_root()
     ours = (f"{args.prefix}a-", f"{args.prefix}b-")  # run_all alternates these two
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=3.0, help="seconds of streaming per run")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--backend", default="auto", help="link backend: auto, netem, emulator")
+    run.add_argument(
+        "--tunnels", default="auto", help="MAG-LMA tunnels: auto (ip6tnl if present), ip6tnl, p2p"
+    )
     run.add_argument(
         "--set",
         action="append",

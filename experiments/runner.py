@@ -121,6 +121,7 @@ class Run:
             self.dir,
             prefix=self.prefix,
             backend_name=self.params.backend,
+            tunnel_mode=self.params.tunnels,
             seed=self.seed,
             proxy=ProxySettings(timers=timers),
         )
@@ -129,6 +130,7 @@ class Run:
             self.net.build()
             self.net.start()
             self.meta["link_backend"] = self.net.backend.name if self.net.backend else None
+            self.meta["tunnels"] = self.net.tunnels
             if previous is not None:
                 previous.join()
             self._measure()

@@ -37,6 +37,7 @@ class Parameters:
     port: int = 5001
     qri_ms: float = 10.0  # proxies' query response interval (RFC 6636 / RFC 7161 "≈ 0")
     backend: str = "auto"  # link backend: auto, netem, emulator
+    tunnels: str = "auto"  # MAG-LMA tunnels: auto (ip6tnl where the kernel has it), ip6tnl, p2p
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # Table I overrides
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +101,7 @@ SETTABLE = {
     "port": int,
     "qri_ms": float,
     "backend": str,
+    "tunnels": str,
 }
 PROFILE_FIELDS = {
     "delay_ms": float,
@@ -151,6 +153,8 @@ def apply_settings(params: Parameters, settings: list[str]) -> Parameters:
         raise ValueError("handover_at_ms must fall inside the stream's duration")
     if new.backend not in ("auto", "netem", "emulator"):
         raise ValueError("backend must be auto, netem or emulator")
+    if new.tunnels not in ("auto", "ip6tnl", "p2p"):
+        raise ValueError("tunnels must be auto, ip6tnl or p2p")
     return new
 
 

@@ -174,6 +174,7 @@ class NetLab:
         self.tmp = tmp
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.namespaces: list[str] = []
+        self.adopted: list[str] = []  # names given to other tools' namespaces (Mininet's)
         self.procs: list[subprocess.Popen] = []
         self._anchors: dict[str, int] = {}
 
@@ -192,6 +193,16 @@ class NetLab:
         full = self.name(node)
         make_netns(full, forwarding, knobs)
         self.namespaces.append(full)
+        return full
+
+    def adopt(self, node: str, pid: int) -> str:
+        """Name the namespace of process ``pid`` (a Mininet host's shell) ``<prefix>-<node>``,
+        so that everything here works in it; ``close`` removes the name, not the namespace."""
+        full = self.name(node)
+        res = subprocess.run(["ip", "netns", "attach", full, str(pid)], capture_output=True)
+        if res.returncode != 0:
+            raise CommandError(f"ip netns attach {full} {pid}: {res.stderr.decode().strip()}")
+        self.adopted.append(full)
         return full
 
     def sh(self, ns: str, cmd: str, check: bool = True) -> str:
@@ -268,3 +279,6 @@ class NetLab:
         for ns in self.namespaces:
             clean.remove_netns(ns, log=lambda *_: None)
         self.namespaces.clear()
+        for ns in self.adopted:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.adopted.clear()

@@ -57,8 +57,10 @@ class LmaAgent:
     """Local mobility anchor: binding cache, HNP routes towards the serving MAG, PBA replies.
 
     ``tunnel_ifs`` are the point-to-point MAG links PBUs may arrive on; the route of a binding
-    goes out of the link its PBU came in on, unless ``coa_tunnels`` maps that Proxy-CoA to a
-    link explicitly. ``bce_delete_delay`` is MinDelayBeforeBCEDelete (10 s in RFC 5213).
+    goes out of the link its PBU came in on, via the Proxy-CoA. ``coa_tunnels`` maps a
+    Proxy-CoA to its IPv6-in-IPv6 tunnel device (RFC 5213 §6.10: the PBU arrives outside the
+    tunnel, on the transport link); those routes point into the tunnel, with no gateway.
+    ``bce_delete_delay`` is MinDelayBeforeBCEDelete (10 s in RFC 5213).
     """
 
     def __init__(
@@ -132,6 +134,10 @@ class LmaAgent:
             ),
             t,
         )
+
+    def _gateway(self, coa: IPv6Address) -> IPv6Address | None:
+        """The next hop of an HNP route: none into a tunnel device, else the Proxy-CoA."""
+        return None if coa in self.coa_tunnels else coa
 
     def _tunnel_for(self, coa: IPv6Address, ifname: str | None) -> str | None:
         if coa in self.coa_tunnels:
@@ -220,7 +226,7 @@ class LmaAgent:
         if bce is None or moved:
             try:
                 for hnp in pbu.hnps:
-                    self.routes.replace(hnp, tunnel, coa)
+                    self.routes.replace(hnp, tunnel, self._gateway(coa))
             except RouteError as exc:
                 self.events.emit("route_failed", str(exc))
                 return Status.REASON_UNSPECIFIED
@@ -275,7 +281,7 @@ class LmaAgent:
         bce.cancel_timer()
         for hnp in bce.hnps:
             try:
-                self.routes.delete(hnp, bce.tunnel_if, bce.proxy_coa)
+                self.routes.delete(hnp, bce.tunnel_if, self._gateway(bce.proxy_coa))
             except RouteError as exc:  # someone else removed it; the BCE goes regardless
                 print(f"pmip lma: {exc}", file=sys.stderr)
         self.events.emit(

@@ -42,6 +42,7 @@ from topologies.links import (
     profile_from,
 )
 from topologies.spec import MAG_ACCESS_LL, MAG_ACCESS_MAC, TopologySpec
+from topologies.tunnels import TunnelMode, resolve_mode, transport_if, transport_prefix, tunnel_cmds
 
 log = logging.getLogger("pmiplab.network")
 LOCAL_PEERING = LinkProfile("local-peering", 0.0, 0.0)
@@ -100,6 +101,7 @@ class Network:
     run_dir: Path
     prefix: str = "pml"
     backend_name: str = "auto"
+    tunnel_mode: str = "auto"  # MAG-LMA tunnels: auto, ip6tnl, p2p (topologies.tunnels)
     seed: int = 1
     proxy: ProxySettings = field(default_factory=ProxySettings)
     backend: LinkBackend | None = None
@@ -111,6 +113,7 @@ class Network:
     configs: dict[str, str] = field(default_factory=dict)
     _backend_error: Exception | None = None
     moves: int = 0  # L2 attaches so far: each new radio link gets its own seed
+    tunnels: TunnelMode = "p2p"  # what build() made of the MAG-LMA "tunnel" links
 
     # --- naming ---------------------------------------------------------------------------
 
@@ -146,6 +149,10 @@ class Network:
                 f"namespaces of an earlier run exist ({', '.join(leftovers[:3])}...): "
                 "run 'make clean' first"
             )
+        try:
+            self.tunnels = resolve_mode(self.tunnel_mode)
+        except ValueError as exc:
+            raise NetworkError(str(exc)) from None
         try:
             self.backend = select_backend(self.backend_name, tag=self.prefix)
             # The emulator process starts (and calibrates) while the namespaces are made.
@@ -196,7 +203,10 @@ class Network:
     def _make_links(self) -> None:
         assert self.backend is not None
         for i, link in enumerate(self.spec.links):
-            a, b = self._endpoint(link.a, link.a_if), self._endpoint(link.b, link.b_if)
+            a_if, b_if = link.a_if, link.b_if
+            if link.kind == "tunnel" and self.tunnels == "ip6tnl":
+                a_if, b_if = transport_if(a_if), transport_if(b_if)
+            a, b = self._endpoint(link.a, a_if), self._endpoint(link.b, b_if)
             if link.connected:
                 self.backend.connect(a, b, self.profile(link.kind), self.link_seed(i))
         for n in self.spec.end_nodes():
@@ -209,6 +219,9 @@ class Network:
             cmds = []
             for m in range(1, spec.mags + 1):
                 p = spec.tunnel_prefix(lma, m)
+                if self.tunnels == "ip6tnl":
+                    cmds += _addresses(f"x-mag{m}", f"{transport_prefix(lma, m)}1", "fe80::1")
+                    cmds += tunnel_cmds(f"t-mag{m}", str(lma_address(lma)), self.proxy_coa(lma, m))
                 cmds += _addresses(f"t-mag{m}", f"{p}1", "fe80::1")
             if lma == 1:
                 cmds += [
@@ -233,6 +246,11 @@ class Network:
             cmds = []
             for lma in range(1, spec.lmas + 1):
                 p = spec.tunnel_prefix(lma, m)
+                if self.tunnels == "ip6tnl":
+                    cmds += _addresses(f"x-lma{lma}", self.proxy_coa(lma, m), "fe80::2")
+                    cmds += tunnel_cmds(
+                        f"t-lma{lma}", self.proxy_coa(lma, m), str(lma_address(lma))
+                    )
                 cmds += _addresses(f"t-lma{lma}", f"{p}2", "fe80::2")
                 cmds.append(f"ip -6 route add default via {p}1 dev t-lma{lma} table {100 + lma}")
             for owner, ifname in self.endpoints:
@@ -280,6 +298,12 @@ class Network:
             debug=self.proxy.debug,
         )
 
+    def proxy_coa(self, lma: int, mag: int) -> str:
+        """MAG ``mag``'s Proxy-CoA towards LMA ``lma``: its end of the tunnel (ip6tnl) or link."""
+        if self.tunnels == "ip6tnl":
+            return f"{transport_prefix(lma, mag)}2"
+        return f"{self.spec.tunnel_prefix(lma, mag)}2"
+
     def mag_plan(self, mag: int) -> MagPlan:
         """What MAG ``mag``'s PMIPv6 daemon needs: per access interface, the MN and its LMA."""
         spec, access = self.spec, {}
@@ -289,7 +313,7 @@ class Network:
                     mn_id=f"{n.name}@pmiplab.example",
                     hnp=n.hnp,
                     lma=str(lma_address(n.lma)),
-                    proxy_coa=f"{spec.tunnel_prefix(n.lma, mag)}2",
+                    proxy_coa=self.proxy_coa(n.lma, mag),
                 )
         return MagPlan(f"mag{mag}", access)
 
@@ -300,13 +324,18 @@ class Network:
         for lma in range(1, spec.lmas + 1):
             node = f"lma{lma}"
             self.sh(node, f"ip addr add {lma_address(lma)}/128 dev lo")
+            tunnels = []
             for m in range(1, spec.mags + 1):
+                # PBU and PBA travel outside the tunnel (RFC 5213 §6.10), on the transport.
+                if self.tunnels == "ip6tnl":
+                    gateway, dev = f"{transport_prefix(lma, m)}1", f"x-lma{lma}"
+                    tunnels.append(f"{self.proxy_coa(lma, m)}=t-mag{m}")
+                else:
+                    gateway, dev = f"{spec.tunnel_prefix(lma, m)}1", f"t-lma{lma}"
+                    tunnels.append(f"t-mag{m}")
                 self.sh(
-                    f"mag{m}",
-                    f"ip -6 route add {lma_address(lma)}/128 via "
-                    f"{spec.tunnel_prefix(lma, m)}1 dev t-lma{lma}",
+                    f"mag{m}", f"ip -6 route add {lma_address(lma)}/128 via {gateway} dev {dev}"
                 )
-            tunnels = [f"t-mag{m}" for m in range(1, spec.mags + 1)]
             out.append(
                 LmaDaemon(
                     self._lab(), self.ns(node), f"pmip-{node}", lma_address(lma), tunnels, events
@@ -412,6 +441,7 @@ class Network:
             "links": self.backend.describe() if self.backend else None,
             "proxy_configs": self.configs,
             "namespace_prefix": self.prefix,
+            "tunnels": self.tunnels,
         }
 
     def __enter__(self) -> Network:

@@ -2,26 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
-import pytest
-
 from tests.stock.netns import lab, ping_rtts, sh
-
-GUEST_OVS = Path(__file__).resolve().parents[2] / "stock" / "guest-ovs"
-
-
-@pytest.fixture
-def ovs():
-    if not shutil.which("ovs-vswitchd"):
-        pytest.skip("Open vSwitch is not installed (apt-get install openvswitch-switch)")
-    try:
-        subprocess.run([GUEST_OVS, "start"], check=True, timeout=60)
-        yield "unix:/run/openvswitch/db.sock"
-    finally:
-        subprocess.run([GUEST_OVS, "stop"], timeout=60)
 
 
 def test_ovs_standalone_bridge_forwards(ovs):

@@ -289,6 +289,23 @@ def test_lma_binds_the_hnp_to_the_first_mag_and_moves_it_to_the_second(lma: LmaA
     ]
 
 
+def test_lma_routes_into_an_ip6ip6_tunnel_without_a_gateway() -> None:
+    """A Proxy-CoA pinned to a tunnel device: the PBU came on the transport link (eth0), the
+    HNP route points into the tunnel with no next hop, and moves to the other MAG's tunnel."""
+    lma = LmaAgent(
+        LMA,
+        coa_tunnels={MAG1: "t-mag1", MAG2: "t-mag2"},
+        events=EventLog(None, "lma"),
+        routes=FakeRoutes(),
+    )
+    assert lma.handle_pbu(_pbu(1), MAG1, "eth0").accepted
+    assert lma.routes.table == {HNP: (None, "t-mag1")}
+    assert lma.handle_pbu(_pbu(2, handoff=3), MAG2, "eth0").accepted
+    assert lma.routes.table == {HNP: (None, "t-mag2")}
+    lma._delete(MN, "test")  # FakeRoutes.delete asserts the same (via, dev) as installed
+    assert lma.routes.table == {}
+
+
 @pytest.mark.parametrize(
     ("changes", "ifname", "status"),
     [
