@@ -21,7 +21,7 @@ from tests.netns.helpers import dump, receiver, rows, sender, start_proxy
 from topologies.links import profile_from
 from topologies.mnshared import SharedAccessTopo, shared_access_net
 
-GROUP = "ff3e::db8:77"
+GROUP = "ff0e::db8:77"  # ASM: ff3x::/32 is SSM (RFC 4607)
 SOURCE = "2001:db8:5::1"
 
 
