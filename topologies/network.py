@@ -212,17 +212,29 @@ class Network:
         for n in self.spec.end_nodes():
             self.attached[n.name] = n.mag
 
+    def _tunnel_end(self, lma: int, mag: int, at_lma: bool) -> list[str]:
+        """Commands for one end of the MAG-LMA tunnel: its device and addresses (the LMA is
+        ::1 and fe80::1, the MAG ::2 and fe80::2), with the transport link under an ip6tnl."""
+        host = 1 if at_lma else 2
+        tunnel = f"t-mag{mag}" if at_lma else f"t-lma{lma}"
+        cmds = []
+        if self.tunnels == "ip6tnl":
+            ends = (str(lma_address(lma)), self.proxy_coa(lma, mag))
+            local, remote = ends if at_lma else ends[::-1]
+            transport = f"{transport_prefix(lma, mag)}{host}"
+            cmds += _addresses(transport_if(tunnel), transport, f"fe80::{host}")
+            cmds += tunnel_cmds(tunnel, local, remote)
+        return cmds + _addresses(
+            tunnel, f"{self.spec.tunnel_prefix(lma, mag)}{host}", f"fe80::{host}"
+        )
+
     def _address(self) -> None:
         spec = self.spec
         for lma in range(1, spec.lmas + 1):
             node = f"lma{lma}"
             cmds = []
             for m in range(1, spec.mags + 1):
-                p = spec.tunnel_prefix(lma, m)
-                if self.tunnels == "ip6tnl":
-                    cmds += _addresses(f"x-mag{m}", f"{transport_prefix(lma, m)}1", "fe80::1")
-                    cmds += tunnel_cmds(f"t-mag{m}", str(lma_address(lma)), self.proxy_coa(lma, m))
-                cmds += _addresses(f"t-mag{m}", f"{p}1", "fe80::1")
+                cmds += self._tunnel_end(lma, m, at_lma=True)
             if lma == 1:
                 cmds += [
                     "ip link add core type veth peer name core-stub",
@@ -245,13 +257,8 @@ class Network:
             node = f"mag{m}"
             cmds = []
             for lma in range(1, spec.lmas + 1):
+                cmds += self._tunnel_end(lma, m, at_lma=False)
                 p = spec.tunnel_prefix(lma, m)
-                if self.tunnels == "ip6tnl":
-                    cmds += _addresses(f"x-lma{lma}", self.proxy_coa(lma, m), "fe80::2")
-                    cmds += tunnel_cmds(
-                        f"t-lma{lma}", self.proxy_coa(lma, m), str(lma_address(lma))
-                    )
-                cmds += _addresses(f"t-lma{lma}", f"{p}2", "fe80::2")
                 cmds.append(f"ip -6 route add default via {p}1 dev t-lma{lma} table {100 + lma}")
             for owner, ifname in self.endpoints:
                 if owner != node:
