@@ -188,6 +188,7 @@ class Run:
 
     def _measure(self) -> None:
         p = self.params
+        spawned = time.monotonic()
         receivers = {
             r: self._probe(r, "recv", f"probe-{r}.log", iface="eth0", out=receiver_csv(self.dir, r))
             for r in self.roles.receivers
@@ -195,7 +196,11 @@ class Run:
         self._wait_subscribed()
         # The sender (a new Python process) must be up before packet 0 is due: a late start
         # sends a burst, and the kernel queues only 4 packets per (S,G) it has not resolved.
-        start_ns = time.time_ns() + 400_000_000
+        # 400 ms is plenty on an idle machine; where the receivers took longer to start and
+        # subscribe (a one-CPU guest), the sender gets 1.5 times what they took.
+        lead_s = min(max(0.4, 1.5 * (time.monotonic() - spawned)), 10.0)
+        self.meta["sender_lead_s"] = round(lead_s, 3)
+        start_ns = time.time_ns() + int(lead_s * 1e9)
         sender = self._probe(
             self.roles.source,
             "send",
