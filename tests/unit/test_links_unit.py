@@ -321,8 +321,12 @@ def test_select_backend_prefers_netem(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(backends.select_backend("auto"), backends.NetemBackend)
 
 
-def test_backend_bookkeeping_without_a_kernel() -> None:
+def test_backend_bookkeeping_without_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shared half of LinkBackend, on a backend that records instead of acting."""
+    waited: list[list[str]] = []
+    monkeypatch.setattr(
+        links, "wait_operational", lambda eps: waited.append([e.label for e in eps])
+    )
 
     class Recorder(links.LinkBackend):
         name = "recorder"
@@ -361,6 +365,7 @@ def test_backend_bookkeeping_without_a_kernel() -> None:
         be.connect(mag1, mag2, TABLE_I["lte"], seed=1)
     be.move(mn, mag2, TABLE_I["lte"], seed=5)
     assert be.peer(mn) == mag2 and be.peer(mag1) is None
+    assert waited == [["m/eth0", "p1/eth0"], ["m/eth0", "p2/eth0"]]  # after each make
     assert be.calls[-2:] == [
         ("disconnect", "m/eth0", "p1/eth0"),
         ("connect", "m/eth0", "p2/eth0", 5.0),
@@ -533,6 +538,7 @@ def test_netem_backend_issues_the_commands(monkeypatch: pytest.MonkeyPatch) -> N
     )
     monkeypatch.setattr(backends, "netem_available", lambda: True)
     monkeypatch.setattr(backends, "netem_seed_supported", lambda: False)
+    monkeypatch.setattr(links, "wait_operational", lambda eps: None)
     be = backends.select_backend("netem", tag="unit")
     assert isinstance(be, backends.NetemBackend)
     mn, mag1, mag2 = (Endpoint(f"pml-{n}", "eth0") for n in ("mn", "mag1", "mag2"))
@@ -608,3 +614,35 @@ def test_bench_accounting_counts_loss() -> None:
         lte, 3000, 2999, {"sent": 3000, "send_errors": {}}, {"lost": 1}, 0, {}
     )["loss_ok"]
     assert not bench.account(lte, 3000, 3000, None, {}, 0, {})["loss_ok"]  # no sender report
+
+
+def test_bench_expected_reorder_rate() -> None:
+    # 10 ms apart: +-3 ms never reorders, +-50 ms (UMTS) mostly does; FIFO never does.
+    sends = [[i * 10_000_000 for i in range(300)] for _ in range(3)]
+    assert bench.expected_reorder_rate(TABLE_I["lte"], sends) == (0.0, 0.0)
+    umts, sd = bench.expected_reorder_rate(TABLE_I["umts"], sends, reps=5)
+    assert 0.5 < umts < 0.7 and 0 < sd < 0.05
+    fifo = profile_from("umts", reorder="preserve")
+    assert bench.expected_reorder_rate(fifo, sends)[0] == 0.0
+    # Sent closer together, the same jitter reorders more.
+    bunched = [[i * 2_000_000 for i in range(300)]]
+    assert bench.expected_reorder_rate(TABLE_I["lte"], bunched)[0] > 0.1
+
+
+def test_bench_noise_explains_only_what_it_can() -> None:
+    def result(name: str, delay: float, exp_sd: float, mean: float, sd: float) -> dict:
+        lte = profile_from("lte", delay_ms=delay, jitter_ms=exp_sd * math.sqrt(3))
+        verdict = bench.judge(lte, {"n": 3000, "mean_ms": mean, "sd_ms": sd}, None)
+        return {"profile": name, "delay_ms": delay, "n": 3000, "mean_ms": mean, "sd_ms": sd,
+                "noise": name == "fixed", **verdict}  # fmt: skip
+
+    fixed = result("fixed", 50.0, 0.0, 50.5, 1.2)
+    noisy = result("lte", 5.0, 1.732, 5.5, math.hypot(1.732, 1.2))  # exactly signal + noise
+    worse = result("peer", 7.0, 1.732, 7.5, 2.6)  # more than the noise explains
+    good = result("tun", 25.0, 3.464, 25.0, 3.47)
+    results = [noisy, worse, good, fixed]
+    bench.explain_by_noise(results)
+    assert not noisy["pass"] and noisy["noise_limited"]["sd_ms"] == 1.2
+    assert noisy["noise_limited"]["expected_mean_ms"] == pytest.approx(5.5)
+    assert "noise_limited" not in worse and "noise_limited" not in good and good["pass"]
+    bench.explain_by_noise([result("lte", 5.0, 1.732, 5.5, 2.1)])  # no control: no-op

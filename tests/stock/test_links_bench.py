@@ -1,0 +1,35 @@
+"""The link fidelity bench on netem, in the guest: what ``make bench-links BACKEND=netem
+QUICK=1`` runs (``python -m benchmarks.links --quick --backend netem``), written into a
+temporary directory instead of the reference results."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_netem_link_bench_quick(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "benchmarks.links", "--quick", "--backend", "netem"]
+    proc = subprocess.run(
+        [*cmd, "--results", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=900
+    )
+    print(proc.stdout, proc.stderr)
+    report = json.loads((tmp_path / "links.json").read_text())
+    assert report["backend"]["backend"] == "netem"
+    judged = [r for r in report["profiles"] if not r["noise"]]
+    assert [r["profile"] for r in judged] == ["umts", "lte", "tunnel", "peering", "backbone"]
+    for r in report["profiles"]:
+        acc = r["accounting"]
+        # Every packet sent arrived: no loss anywhere, and none hidden (Table I has none).
+        assert acc["sent"] == acc["scheduled"] == r["received"], (r["profile"], acc)
+        assert acc["loss_ok"] and acc["link_drops"] == acc["socket_drops"] == 0, acc
+        # Reordering is what netem's independent draws give packets sent at these times.
+        n, model = r["received"], r["reorder_model"]
+        tol = 3 * math.sqrt(model * (1 - model) / n) + 3 * r["reorder_model_sd"] + 0.005
+        assert abs(r["reorder_rate"] - model) <= tol, (r["profile"], r["reorder_rate"], model)
+    assert proc.returncode == 0, proc.stdout[-3000:]
