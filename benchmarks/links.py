@@ -41,6 +41,7 @@ import errno
 import json
 import multiprocessing
 import os
+import random
 import select
 import socket
 import struct
@@ -81,6 +82,7 @@ from topologies.links import (
 
 PR_SET_TIMERSLACK = 29
 FLOWS = 10
+CONTROL_FLOWS = 2
 RATE_PPS = 100
 PORT_BASE = 40000
 PAYLOAD = struct.Struct("!qIH")  # send time (CLOCK_REALTIME ns), sequence number, flow
@@ -177,6 +179,8 @@ class BenchLink:
     tx: Endpoint
     rx: Endpoint
     rx_addr: str = ""
+    flows: int = FLOWS
+    control: str | None = None  # the zero-jitter link measured at the same time
     tx_sock: socket.socket | None = None
     rx_socks: list[socket.socket] = field(default_factory=list)
 
@@ -193,16 +197,32 @@ def _mac(index: int, host: int) -> str:
     return f"02:00:00:b0:{index:02x}:{host:02x}"
 
 
+def with_controls(profiles: list[LinkProfile], seed: int) -> list[LinkProfile]:
+    """``profiles`` and after each its control: the same base delay as that profile's link
+    will draw (`LinkBackend.connect` resolves with the link's seed), no jitter."""
+    out = []
+    for index, profile in enumerate(profiles):
+        delay = profile.resolve(random.Random(seed + 2 * index)).delay_ms
+        out += [profile, LinkProfile(f"{profile.name}0", delay, 0.0)]
+    return out
+
+
 def build_links(
     backend: LinkBackend, prefix: str, profiles: list[LinkProfile], seed: int
 ) -> list[BenchLink]:
-    """One link per profile between ``<prefix>-<name>-tx`` and ``-rx``, with static ND."""
+    """One link per profile between ``<prefix>-<name>-tx`` and ``-rx``, with static ND; a
+    profile ``X0`` is the control of ``X`` (fewer flows)."""
     links = []
+    names = {p.name for p in profiles}
     for index, profile in enumerate(profiles):
         tx_ns, rx_ns = f"{prefix}-{profile.name}-tx", f"{prefix}-{profile.name}-rx"
         tx = Endpoint(tx_ns, "eth0", _mac(index, 1))
         rx = Endpoint(rx_ns, "eth0", _mac(index, 2))
         link = BenchLink(index, profile, tx_ns, rx_ns, tx, rx, rx_addr=_addr(index, 2))
+        if f"{profile.name}0" in names:
+            link.control = f"{profile.name}0"
+        if profile.name.endswith("0") and profile.name[:-1] in names:
+            link.flows = CONTROL_FLOWS
         links.append(link)
         for ns, ep, host, peer in ((tx_ns, tx, 1, rx), (rx_ns, rx, 2, tx)):
             make_netns(ns)
@@ -211,7 +231,7 @@ def build_links(
             static_neighbour(ep, _addr(index, 3 - host), peer)
         backend.connect(tx, rx, profile, seed + index)
         link.tx_sock = netns_socket(tx_ns, socket.AF_INET6, socket.SOCK_DGRAM)
-        for flow in range(FLOWS):
+        for flow in range(link.flows):
             sock = netns_socket(rx_ns, socket.AF_INET6, socket.SOCK_DGRAM)
             sock.bind((link.rx_addr, PORT_BASE + flow))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -227,7 +247,7 @@ def send_flows(links: list[BenchLink], count: int, start_ns: int, report: Any) -
     send to ``report`` (a pipe end) per link what was sent, what failed and how late."""
     set_timer_slack_ns(1)
     period = 1_000_000_000 // RATE_PPS
-    slots = [(link, flow) for flow in range(FLOWS) for link in links]
+    slots = [(link, flow) for flow in range(FLOWS) for link in links if flow < link.flows]
     step = period // len(slots)
     pad = b"\0" * (PAYLOAD_SIZE - PAYLOAD.size)
     sent = {link.name: 0 for link in links}
@@ -341,7 +361,8 @@ def analyse(
         "delay_ms": resolved.delay_ms,
         "jitter_ms": resolved.jitter_ms,
         "distribution": resolved.distribution,
-        "noise": link.profile in NOISE_PROFILES,
+        "noise": link.profile in NOISE_PROFILES or link.flows == CONTROL_FLOWS,
+        "control": link.control,
         "sent": sent,
         "received": len(samples),
         "loss": 1 - len(samples) / sent if sent else 0.0,
@@ -403,7 +424,8 @@ def _measure(
     # However late the sender runs, give up at ten times its schedule.
     deadline = start_ns + 10 * count * 1e9 / RATE_PPS + drain_ns
     try:
-        return receive_flows(links, report_r, drain_ns, int(deadline), count * FLOWS * len(links))
+        expected = count * sum(link.flows for link in links)
+        return receive_flows(links, report_r, drain_ns, int(deadline), expected)
     finally:
         sender.join(5)
         if sender.is_alive():
@@ -418,7 +440,7 @@ def run_bench(
     seed: int = 1,
     together: bool = True,
 ) -> dict[str, Any]:
-    profiles = list(TABLE_I.values()) + list(NOISE_PROFILES)
+    profiles = with_controls(list(TABLE_I.values()), seed) + list(NOISE_PROFILES)
     prefix = f"pmlb{os.getpid()}"
     count = int(duration_s * RATE_PPS)
     with bench_network(backend_name, prefix, profiles, seed) as (backend, links):
@@ -429,7 +451,12 @@ def run_bench(
         sender_report: dict[str, Any] = {}
         # All links at once, or one after another (a machine with one CPU cannot keep the
         # sender's schedule for all of them: see the README's fidelity section).
-        for group in [links] if together else [[link] for link in links]:
+        # One link after another, each profile with its control (so that the control sees
+        # the same moments), or all at once.
+        by_name = {link.name: link for link in links}
+        groups = [[link, by_name[link.control]] for link in links if link.control]
+        groups += [[link] for link in links if link.profile in NOISE_PROFILES]
+        for group in [links] if together else groups:
             measured, report_part = _measure(group, count, resolved)
             got.update(measured)
             sender_report.update(report_part or {})
@@ -442,7 +469,7 @@ def run_bench(
         udp = {k: v - udp_before[link.name].get(k, 0) for k, v in udp_after[link.name].items()}
         accounting = account(
             link.profile,
-            count * FLOWS,
+            count * link.flows,
             len(got[link.name].samples),
             (sender_report or {}).get(link.name),
             link_stats,
@@ -453,7 +480,12 @@ def run_bench(
             accounting["sender"] = sender_report[link.name]
         results.append(
             analyse(
-                link, resolved[link.name], got[link.name], count * FLOWS, link_stats, accounting
+                link,
+                resolved[link.name],
+                got[link.name],
+                count * link.flows,
+                link_stats,
+                accounting,
             )
         )
     explain_by_noise(results)
@@ -527,7 +559,7 @@ def print_summary(results: list[dict[str, Any]]) -> bool:
         if r.get("noise_limited"):
             n = r["noise_limited"]
             print(
-                f"{'':9} noise-limited: with the fixed link's noise ({n['bias_ms']:+.3f} ms, "
+                f"{'':9} noise-limited: with {n['control']}'s noise ({n['bias_ms']:+.3f} ms, "
                 f"sd {n['sd_ms']:.3f} ms) expected mean {n['expected_mean_ms']:.3f} ms, "
                 f"sd {n['expected_sd_ms']:.3f} ms"
             )

@@ -189,25 +189,26 @@ def cdf_panels(
     return panels
 
 
-def explain_by_noise(results: list[dict[str, Any]], control: str = "fixed") -> None:
-    """Mark each judged result that misses its delay targets, but would meet them were the
-    ``control`` link's measured noise (its mean error and its sd, independent of the drawn
-    delays) added to the configured distribution, with ``noise_limited``. It still fails:
-    this says why, it does not excuse it."""
+def explain_by_noise(results: list[dict[str, Any]]) -> None:
+    """Mark each judged result that misses its delay targets, but would meet them were its
+    control link's noise (the control's mean error and sd, measured at the same time, added
+    independently of the drawn delays to the configured distribution) included, with
+    ``noise_limited``. It still fails: this says why, it does not excuse it."""
     by_name = {r["profile"]: r for r in results}
-    ref = by_name.get(control)
-    if ref is None or not ref.get("n"):
-        return
-    bias, noise_sd = ref["mean_ms"] - ref["delay_ms"], ref["sd_ms"]
     for r in results:
-        if r.get("noise") or not r.get("n") or (r["mean_ok"] and r["sd_ok"]):
+        ref = by_name.get(r.get("control") or "")
+        if ref is None or not ref.get("n") or not r.get("n") or (r["mean_ok"] and r["sd_ok"]):
             continue
+        bias, noise_sd = ref["mean_ms"] - ref["delay_ms"], ref["sd_ms"]
         expected_mean = r["delay_ms"] + bias
         expected_sd = math.hypot(r["expected_sd_ms"], noise_sd)
-        mean_ok = abs(r["mean_ms"] - expected_mean) <= MEAN_TARGET_MS + 3 * r["sampling_se_ms"]
+        # Both means carry sampling error, the control's with its fewer samples.
+        se = math.hypot(expected_sd / math.sqrt(r["n"]), noise_sd / math.sqrt(ref["n"]))
+        mean_ok = abs(r["mean_ms"] - expected_mean) <= MEAN_TARGET_MS + 3 * se
         sd_ok = abs(r["sd_ms"] - expected_sd) <= SD_TARGET_PCT / 100 * expected_sd
         if mean_ok and sd_ok:
             r["noise_limited"] = {
+                "control": ref["profile"],
                 "bias_ms": bias,
                 "sd_ms": noise_sd,
                 "expected_mean_ms": expected_mean,

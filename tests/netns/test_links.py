@@ -331,8 +331,10 @@ def test_round_trip_time_of_each_profile(link_lab: LinkLab) -> None:
     for (name, delay, sd), rtts in zip(expected[:-1], results[:-1], strict=True):
         assert len(rtts) == 150, f"{name}: {150 - len(rtts)} replies missing"
         rtt_sd = math.sqrt(2) * sd  # two independent draws per round trip
-        # 0.5 ms for two relay passes plus four standard errors of sampling.
-        mean, tol = statistics.fmean(rtts) - noise_mean, 0.5 + 4 * rtt_sd / math.sqrt(150)
+        # 0.5 ms for two relay passes plus four standard errors of sampling: the noise adds
+        # to each sample's variance, and the control's mean has its own error.
+        se = math.sqrt((rtt_sd**2 + 2 * noise_sd**2) / 150)
+        mean, tol = statistics.fmean(rtts) - noise_mean, 0.5 + 4 * se
         assert_delay(mean, 2 * delay, tol, f"{name} (less the control's {noise_mean:+.3f} ms)")
         expected_sd = math.hypot(rtt_sd, noise_sd)
         what = f"{name}: sd with the control's {noise_sd:.3f} ms of noise"

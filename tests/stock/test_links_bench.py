@@ -1,6 +1,14 @@
 """The link fidelity bench on netem, in the guest: what ``make bench-links BACKEND=netem
 QUICK=1`` runs (``python -m benchmarks.links --quick --backend netem``), written into a
-temporary directory instead of the reference results."""
+temporary directory instead of the reference results.
+
+Strict on what the guest cannot blur: every packet arrives (nothing lost, nothing left
+unaccounted for) and packets reorder exactly as netem's independent draws predict for the
+times they were sent. The delay targets (mean within 0.2 ms, sd within 5 %) must be met, or
+the miss must be what the profile's control link (same delay, no jitter, measured at the
+same moments) shows the guest's own timer noise to be; a miss beyond that fails. The bench
+itself counts both as misses (exit status 1), and prints which.
+"""
 
 from __future__ import annotations
 
@@ -32,4 +40,6 @@ def test_netem_link_bench_quick(tmp_path: Path) -> None:
         n, model = r["received"], r["reorder_model"]
         tol = 3 * math.sqrt(model * (1 - model) / n) + 3 * r["reorder_model_sd"] + 0.005
         assert abs(r["reorder_rate"] - model) <= tol, (r["profile"], r["reorder_rate"], model)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    for r in judged:
+        assert r["pass"] or r.get("noise_limited"), proc.stdout[-4000:]
+    assert proc.returncode == (0 if all(r["pass"] for r in judged) else 1), proc.stderr

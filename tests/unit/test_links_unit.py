@@ -634,7 +634,7 @@ def test_bench_noise_explains_only_what_it_can() -> None:
         lte = profile_from("lte", delay_ms=delay, jitter_ms=exp_sd * math.sqrt(3))
         verdict = bench.judge(lte, {"n": 3000, "mean_ms": mean, "sd_ms": sd}, None)
         return {"profile": name, "delay_ms": delay, "n": 3000, "mean_ms": mean, "sd_ms": sd,
-                "noise": name == "fixed", **verdict}  # fmt: skip
+                "control": "fixed", **verdict}  # fmt: skip
 
     fixed = result("fixed", 50.0, 0.0, 50.5, 1.2)
     noisy = result("lte", 5.0, 1.732, 5.5, math.hypot(1.732, 1.2))  # exactly signal + noise
@@ -645,4 +645,6 @@ def test_bench_noise_explains_only_what_it_can() -> None:
     assert not noisy["pass"] and noisy["noise_limited"]["sd_ms"] == 1.2
     assert noisy["noise_limited"]["expected_mean_ms"] == pytest.approx(5.5)
     assert "noise_limited" not in worse and "noise_limited" not in good and good["pass"]
-    bench.explain_by_noise([result("lte", 5.0, 1.732, 5.5, 2.1)])  # no control: no-op
+    alone = result("lte", 5.0, 1.732, 5.5, 2.1)
+    bench.explain_by_noise([alone])  # its control was not measured: nothing to say
+    assert "noise_limited" not in alone
