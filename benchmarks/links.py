@@ -370,6 +370,7 @@ def analyse(
         "reorder_model": model_reorder,
         "reorder_model_sd": model_sd,
         "reorder_nominal": nominal_reorder,
+        "_sends": [[t for _, t in sorted(flow)] for flow in sends.values()],
         "accounting": accounting,
         **stats,
     }
@@ -489,6 +490,16 @@ def run_bench(
             )
         )
     explain_by_noise(results)
+    by_name = {r["profile"]: r for r in results}
+    for r in results:
+        ref = by_name.get(r["control"] or "")
+        if ref is not None and ref["delays_ms"]:
+            noise = [d - ref["delay_ms"] for d in ref["delays_ms"]]
+            r["reorder_model_noisy"], _ = expected_reorder_rate(
+                resolved[r["profile"]], r["_sends"], reps=3, noise_ms=noise
+            )
+    for r in results:
+        del r["_sends"]
     report = {
         "machine": machine(),
         "git_commit": git_commit(),

@@ -47,14 +47,20 @@ def reorder_rate(seqs_in_arrival_order: list[int]) -> float:
 
 
 def expected_reorder_rate(
-    profile: LinkProfile, send_ns_per_flow: list[list[int]], reps: int = 10, seed: int = 1
+    profile: LinkProfile,
+    send_ns_per_flow: list[list[int]],
+    reps: int = 10,
+    seed: int = 1,
+    noise_ms: list[float] | None = None,
 ) -> tuple[float, float]:
     """The reorder rate the configured ``profile`` gives packets sent at these times (per
     flow, in sequence order), and its standard error: the model, drawn ``reps`` times.
 
     Judging against the times actually sent takes the sender's own pacing out of the
     comparison: a sender that falls behind sends closer together, and packets closer together
-    reorder more often under the same jitter.
+    reorder more often under the same jitter. With ``noise_ms`` (what a control link measured
+    beyond its fixed delay) each packet also gets one of those, drawn independently: the
+    reordering the machine's own timing noise would add if it struck packets independently.
     """
     rng = random.Random(seed)
     rates = []
@@ -63,7 +69,10 @@ def expected_reorder_rate(
         for sends in send_ns_per_flow:
             arrivals, previous = [], 0
             for seq, sent in enumerate(sends):
-                due = release_time_ns(sent, draw_delay_ns(profile, rng), previous, profile.reorder)
+                delay = draw_delay_ns(profile, rng)
+                if noise_ms:
+                    delay += round(rng.choice(noise_ms) * 1e6)
+                due = release_time_ns(sent, delay, previous, profile.reorder)
                 previous = due
                 arrivals.append((due, seq))
             arrivals.sort()

@@ -36,10 +36,13 @@ def test_netem_link_bench_quick(tmp_path: Path) -> None:
         # Every packet sent arrived: no loss anywhere, and none hidden (Table I has none).
         assert acc["sent"] == acc["scheduled"] == r["received"], (r["profile"], acc)
         assert acc["loss_ok"] and acc["link_drops"] == acc["socket_drops"] == 0, acc
-        # Reordering is what netem's independent draws give packets sent at these times.
+        # Reordering is what netem's independent draws give packets sent at these times; where
+        # the guest's noise blurs the delays, it may reorder up to what that noise would add.
         n, model = r["received"], r["reorder_model"]
-        tol = 3 * math.sqrt(model * (1 - model) / n) + 3 * r["reorder_model_sd"] + 0.005
-        assert abs(r["reorder_rate"] - model) <= tol, (r["profile"], r["reorder_rate"], model)
+        high = max(model, r.get("reorder_model_noisy") or 0.0)
+        tol = 3 * math.sqrt(high * (1 - high) / n) + 3 * r["reorder_model_sd"] + 0.005
+        rate = r["reorder_rate"]
+        assert model - tol <= rate <= high + tol, (r["profile"], rate, model, high)
     for r in judged:
         assert r["pass"] or r.get("noise_limited"), proc.stdout[-4000:]
     assert proc.returncode == (0 if all(r["pass"] for r in judged) else 1), proc.stderr
