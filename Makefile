@@ -19,7 +19,7 @@ RESULTS  ?= results
 .PHONY: help install sysdeps test lint experiment list figures paper bench bench-links clean topo
 
 # Stock-kernel lane: tests in a user-mode Linux guest (README "Stock-kernel lane").
-STOCK_TESTS    ?= tests/stock
+STOCK_TESTS    ?= tests/stock tests/netns/test_links.py
 STOCK_KERNEL   ?= auto
 STOCK_TIMEOUT  ?= 1500
 STOCK_SYSPKGS  := user-mode-linux gcc libc6-dev openvswitch-switch bridge-utils
@@ -86,7 +86,7 @@ bench: sysdeps $(STAMP)
 	$(PY) -m benchmarks all $(if $(QUICK),--quick)
 
 bench-links: sysdeps $(STAMP)
-	$(PY) -m benchmarks.links $(if $(QUICK),--quick)
+	$(PY) -m benchmarks.links $(if $(QUICK),--quick) $(if $(BACKEND),--backend $(BACKEND))
 
 topo: sysdeps $(STAMP)
 	$(PY) -m experiments topo $(or $(TOPO),single-lma) $(if $(BACKEND),--backend $(BACKEND))

@@ -212,28 +212,6 @@ def _ms_to_us(ms: float) -> str:
     return f"{round(ms * 1000)}us"
 
 
-def _quiet_root_if(dev: str) -> list[list[str]]:
-    # Devices in the root namespace must stay silent on the emulated link: no addresses, so no
-    # router solicitations, DAD or MLD reports of their own.
-    return [["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"]]
-
-
-def netem_endpoint_cmds(outer: str, ep: Endpoint) -> list[list[str]]:
-    """Create ``ep`` as a veth pair: ``ep.ifname`` in ``ep.netns``, ``outer`` in the root
-    namespace, outer end down so the inner end shows no carrier until connected."""
-    peer = ["name", ep.ifname, "netns", ep.netns] + (["address", ep.mac] if ep.mac else [])
-    return [
-        ["ip", "link", "add", outer, "type", "veth", "peer", *peer],
-        *_quiet_root_if(outer),
-        ["ip", "link", "set", "dev", outer, "down"],
-        ["ip", "-n", ep.netns, "link", "set", "dev", ep.ifname, "up"],
-    ]
-
-
-def netem_remove_endpoint_cmds(outer: str) -> list[list[str]]:
-    return [["ip", "link", "del", "dev", outer]]
-
-
 def netem_qdisc_cmd(
     dev: str, profile: LinkProfile, seed: int | None = None, limit: int = NETEM_LIMIT
 ) -> list[str]:
@@ -260,51 +238,125 @@ def netem_direction_seed(seed: int, direction: int) -> int:
     return direction_rng(seed, direction).getrandbits(63)
 
 
-def netem_connect_cmds(
-    bridge: str, outer_a: str, outer_b: str, profile: LinkProfile, seeds: tuple[int, int] | None
-) -> list[list[str]]:
-    """Bridge the two outer ends and delay both directions.
+def netem_group(tag: str, index: int) -> int:
+    """The device group of link ``index``: its two outer ends, so that one netlink request
+    (``ip link set group G up|down``) switches both under one RTNL lock."""
+    digest = hashlib.sha1(f"{tag}:{index}".encode()).digest()
+    return 0x40000000 | int.from_bytes(digest[:4], "big") & 0x3FFFFFFF
+
+
+def netem_bridge_cmds(bridge: str) -> list[str]:
+    """``ip -batch`` lines that create a link's bridge (still down, IPv6 not yet disabled).
+
+    No multicast snooping: the bridge is a wire, MLD must not change what it forwards.
+    """
+    return [f"link add {bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0"]
+
+
+def netem_connect_batches(
+    bridge: str,
+    outer_a: str,
+    outer_b: str,
+    profile: LinkProfile,
+    seeds: tuple[int, int] | None,
+    group: int,
+) -> tuple[list[str], list[str]]:
+    """(``tc -batch`` lines, ``ip -batch`` lines) that make a link between two outer ends
+    that are down: shape both directions, bridge them, then raise both ends at once.
 
     a->b traffic leaves the bridge through ``outer_b`` (into b's namespace), so the a->b
-    qdisc, seeded with ``seeds[0]``, sits on ``outer_b``.
+    qdisc, seeded with ``seeds[0]``, sits on ``outer_b``. Both ends are down until the last
+    line, which brings them up in one request: no frame sees a bridge with one end only.
     """
     seed_ab, seed_ba = seeds if seeds else (None, None)
-    # No multicast snooping: the bridge is a wire, MLD must not change what it forwards.
-    cmds = [
-        f"ip link add {bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0".split(),
-        *_quiet_root_if(bridge),
-        ["ip", "link", "set", "dev", bridge, "up"],
+    tc = [
+        shlex.join(netem_qdisc_cmd(outer, profile, seed)[1:])
+        for outer, seed in ((outer_b, seed_ab), (outer_a, seed_ba))
     ]
-    for outer, seed in ((outer_b, seed_ab), (outer_a, seed_ba)):
-        cmds += [
-            netem_qdisc_cmd(outer, profile, seed),
-            ["ip", "link", "set", "dev", outer, "master", bridge],
-            ["ip", "link", "set", "dev", outer, "up"],
-        ]
-    return cmds
+    ip = [
+        f"link set dev {outer_a} master {bridge} group {group}",
+        f"link set dev {outer_b} master {bridge} group {group}",
+        f"link set dev {bridge} up",
+        f"link set group {group} up",
+    ]
+    return tc, ip
 
 
-def netem_disconnect_cmds(bridge: str, outer_a: str, outer_b: str) -> list[list[str]]:
-    cmds = []
-    for outer in (outer_a, outer_b):
-        cmds += [
-            ["ip", "link", "set", "dev", outer, "down"],
-            ["ip", "link", "set", "dev", outer, "nomaster"],
-            ["tc", "qdisc", "del", "dev", outer, "root"],
-        ]
-    return cmds + [["ip", "link", "del", "dev", bridge]]
+def netem_break_cmds(group: int, bridge: str) -> list[str]:
+    """The ``ip -batch`` lines that end a link: both outer ends down in one request, then
+    the bridge removed.
+
+    Taking a device down resets its qdisc, so every frame still in flight in either
+    direction is dropped at that instant, and from then on each former end has no carrier.
+    """
+    return [f"link set group {group} down", f"link del dev {bridge}"]
 
 
-def parse_tc_stats(text: str) -> dict[str, int]:
-    """frames/bytes/drops of the root qdisc from ``tc -s -j qdisc show dev X``."""
-    for qdisc in json.loads(text or "[]"):
-        if qdisc.get("root") or qdisc.get("parent") in (None, "root"):
-            return {
-                "frames": int(qdisc.get("packets", 0)),
-                "bytes": int(qdisc.get("bytes", 0)),
-                "drops": int(qdisc.get("drops", 0)),
-            }
-    return {"frames": 0, "bytes": 0, "drops": 0}
+def netem_remove_cmds(bridges: list[str], outers: list[str]) -> list[str]:
+    """``ip -force -batch`` lines removing a backend's bridges and veth pairs."""
+    return [f"link del dev {dev}" for dev in [*bridges, *outers]]
+
+
+# Per outer device: what ``ip -s -j link`` and ``tc -s -j qdisc`` say (cumulative counters).
+DeviceCounters = dict[str, int]
+COUNTER_FIELDS = ("rx", "tx", "tx_bytes", "netem_drops", "netem_qlen")
+
+
+def parse_counters(link_json: str, qdisc_json: str) -> dict[str, DeviceCounters]:
+    """Per device: frames it received from its inner end (``rx``), frames and bytes it handed
+    to its inner end (``tx``, ``tx_bytes``), and its root netem qdisc's drops and queue."""
+    out: dict[str, DeviceCounters] = {}
+    for dev in json.loads(link_json or "[]"):
+        stats = dev.get("stats64", {})
+        out[dev["ifname"]] = {
+            "rx": int(stats.get("rx", {}).get("packets", 0)),
+            "tx": int(stats.get("tx", {}).get("packets", 0)),
+            "tx_bytes": int(stats.get("tx", {}).get("bytes", 0)),
+            "netem_drops": 0,
+            "netem_qlen": 0,
+        }
+    for qdisc in json.loads(qdisc_json or "[]"):
+        dev = out.get(qdisc.get("dev", ""))
+        if dev is not None and qdisc.get("kind") == "netem" and qdisc.get("root"):
+            dev["netem_drops"] = int(qdisc.get("drops", 0))
+            dev["netem_qlen"] = int(qdisc.get("qlen", 0))
+    return out
+
+
+def direction_counters(
+    src_now: DeviceCounters,
+    dst_now: DeviceCounters,
+    src_base: DeviceCounters,
+    dst_base: DeviceCounters,
+) -> dict[str, Any]:
+    """One direction's counters since its link was made, keyed like the emulator's stats.
+
+    Frames that entered the link are those the source's outer end received; they were either
+    delivered (``frames``), dropped by netem's random loss (``lost``), are still queued, or
+    were dropped otherwise (``drops``: in flight when the link was broken, or refused by the
+    receiving end). netem does not report its draws: ``drawn`` counts the frames it delayed,
+    the draws' mean and sd are None.
+    """
+    entered = src_now["rx"] - src_base["rx"]
+    frames = dst_now["tx"] - dst_base["tx"]
+    lost = dst_now["netem_drops"] - dst_base["netem_drops"]
+    return {
+        "frames": frames,
+        "bytes": dst_now["tx_bytes"] - dst_base["tx_bytes"],
+        "drops": max(0, entered - frames - lost - dst_now["netem_qlen"]),
+        "lost": lost,
+        "drawn": entered - lost,
+        "drawn_mean_ms": None,
+        "drawn_sd_ms": None,
+    }
+
+
+def add_counters(total: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """Two spells of one direction (the same two ends linked again) added up."""
+    if total is None:
+        return dict(more)
+    summed = {k: total[k] + more[k] for k in ("frames", "bytes", "drops", "lost", "drawn")}
+    return {**total, **summed}
 
 
 def _probe_netem(*args: str) -> bool:
@@ -340,7 +392,12 @@ NETEM_MISSING = (
 
 
 class NetemBackend(LinkBackend):
-    """Links as veth pairs bridged in the root namespace, delayed by netem."""
+    """Links as veth pairs bridged in the root namespace, delayed by netem.
+
+    An endpoint's outer end is up exactly while it is linked. A link's two outer ends share a
+    device group, so that making and breaking a link are each one netlink request; the qdiscs
+    and bridge ports change only while both ends are down, where no frame can see them.
+    """
 
     name = "netem"
 
@@ -349,6 +406,10 @@ class NetemBackend(LinkBackend):
         self._outer: dict[Endpoint, str] = {}
         self._seeded = False
         self._started = False
+        self._used: set[str] = set()  # outer ends that were ever up (their counters moved)
+        self._quiet: dict[str, DeviceCounters] | None = None  # counters while all are down
+        self._base: dict[int, dict[str, DeviceCounters]] = {}  # per live link, at its make
+        self._closed: dict[str, dict[str, Any]] = {}  # per direction key, finished links
 
     def start(self) -> None:
         if not netem_available():
@@ -356,36 +417,89 @@ class NetemBackend(LinkBackend):
         self._seeded = netem_seed_supported()
         self._started = True
 
-    def _run_all(self, cmds: list[list[str]], check: bool = True) -> None:
-        for cmd in cmds:
-            run_cmd(cmd, check=check)
+    def _batch(self, tool: str, lines: list[str], force: bool = False) -> None:
+        """Run ``tool -batch -`` with ``lines``: one process however many commands."""
+        if not lines:
+            return
+        cmd = [tool, *(["-force"] if force else []), "-batch", "-"]
+        proc = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True)
+        if proc.returncode != 0 and not force:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise LinkError(f"{tool} -batch: {detail[0] if detail else f'exit {proc.returncode}'}")
 
     def _add_endpoint(self, ep: Endpoint, index: int) -> None:
         outer = netem_outer_name(self.tag, index)
-        self._run_all(netem_endpoint_cmds(outer, ep))
+        peer = f"name {ep.ifname} netns {ep.netns}" + (f" address {ep.mac}" if ep.mac else "")
+        # Outer end down, so the inner end shows no carrier until connected.
+        self._batch("ip", [f"link add {outer} type veth peer {peer}", f"link set dev {outer} down"])
         self._outer[ep] = outer
+        _disable_ipv6(outer)
+        run_cmd(["ip", "-n", ep.netns, "link", "set", "dev", ep.ifname, "up"])
 
     def _bridge(self, link: _Link) -> str:
         return netem_bridge_name(self.tag, link.index)
+
+    def _counters(self) -> dict[str, DeviceCounters]:
+        links = run_cmd(["ip", "-s", "-j", "link", "show"]).stdout
+        return parse_counters(links, run_cmd(["tc", "-s", "-j", "qdisc", "show"]).stdout)
 
     def _connect(self, link: _Link) -> None:
         seeds = None
         if self._seeded:
             seeds = (netem_direction_seed(link.seed, 0), netem_direction_seed(link.seed, 1))
-        outer_a, outer_b = self._outer[link.a], self._outer[link.b]
-        cmds = netem_connect_cmds(self._bridge(link), outer_a, outer_b, link.resolved, seeds)
-        self._run_all(cmds)
+        ends = [self._outer[link.a], self._outer[link.b]]
+        bridge = self._bridge(link)
+        self._batch("ip", netem_bridge_cmds(bridge))
+        # Before the bridge can carry anything: it must not speak on the link itself.
+        _disable_ipv6(bridge)
+        group = netem_group(self.tag, link.index)
+        tc, ip = netem_connect_batches(bridge, *ends, link.resolved, seeds, group)
+        self._batch("tc", tc)
+        # Both ends are down, so their counters stand still: the link's counters start here.
+        if self._used.isdisjoint(ends):
+            base: dict[str, DeviceCounters] = {}
+        else:
+            base = self._quiet if self._quiet is not None else self._counters()
+        zero = dict.fromkeys(COUNTER_FIELDS, 0)
+        # A qdisc made just now (not replaced) starts from zero, whatever was there before.
+        self._base[link.index] = {dev: {**zero, **base.get(dev, {})} for dev in ends}
+        for dev in ends:
+            if dev not in self._used:
+                self._base[link.index][dev] = zero
+        self._batch("ip", ip)
+        self._used.update(ends)
+        self._quiet = None
+
+    def _direction_stats(
+        self, link: _Link, now: dict[str, DeviceCounters]
+    ) -> dict[str, dict[str, Any]]:
+        base = self._base[link.index]
+        result = {}
+        for src, dst in ((link.a, link.b), (link.b, link.a)):
+            s, d = self._outer[src], self._outer[dst]
+            counters = direction_counters(now[s], now[d], base[s], base[d])
+            result[direction_key(src, dst)] = counters
+        return result
 
     def _disconnect(self, link: _Link) -> None:
-        outer_a, outer_b = self._outer[link.a], self._outer[link.b]
-        self._run_all(netem_disconnect_cmds(self._bridge(link), outer_a, outer_b), check=False)
+        self._batch("ip", netem_break_cmds(netem_group(self.tag, link.index), self._bridge(link)))
+        # Both ends are down and their queues empty: these counters are the link's last.
+        self._quiet = self._counters()
+        for key, counters in self._direction_stats(link, self._quiet).items():
+            self._closed[key] = add_counters(self._closed.get(key), counters)
+        del self._base[link.index]
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        result = {}
-        for link in self._links.values():
-            for src, dst in ((link.a, link.b), (link.b, link.a)):
-                show = ["tc", "-s", "-j", "qdisc", "show", "dev", self._outer[dst]]
-                result[direction_key(src, dst)] = parse_tc_stats(run_cmd(show).stdout)
+        """Per direction, every link this backend made (live and finished), like the
+        emulator's; the counters of a live link are read while frames move (``drops`` may
+        lag by the frames that cross between the two reads)."""
+        result = {key: dict(counters) for key, counters in self._closed.items()}
+        live = {id(link): link for link in self._links.values()}
+        if live:
+            now = self._counters()
+            for link in live.values():
+                for key, counters in self._direction_stats(link, now).items():
+                    result[key] = add_counters(result.get(key), counters)
         return result
 
     def _describe_backend(self) -> dict[str, Any]:
@@ -395,13 +509,18 @@ class NetemBackend(LinkBackend):
     def stop(self) -> None:
         if not self._started:
             return
-        for link in self._history:
-            run_cmd(["ip", "link", "del", "dev", self._bridge(link)], check=False)
-        for outer in self._outer.values():
-            self._run_all(netem_remove_endpoint_cmds(outer), check=False)
+        bridges = [self._bridge(link) for link in self._history]
+        self._batch("ip", netem_remove_cmds(bridges, list(self._outer.values())), force=True)
         self._outer.clear()
+        self._base.clear()
         self._forget()
         self._started = False
+
+
+def _disable_ipv6(dev: str) -> None:
+    """Devices in the root namespace stay silent on the emulated link: no addresses, so no
+    router solicitations, DAD or MLD reports of their own."""
+    Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6").write_text("1\n")
 
 
 BACKENDS: dict[str, type[LinkBackend]] = {"emulator": EmulatorBackend, "netem": NetemBackend}

@@ -201,9 +201,18 @@ class Emulator:
             raise ValueError(f"endpoint {tap.ep.label} is not connected")
         peer = tap.out.dst
         for end in (tap, peer):
-            end.out.active = False  # frames still on the heap are dropped when due
+            end.out.active = False
             end.out = None
             self.set_carrier(end, False)
+        # The link is gone: every frame still in flight on it, either way, is dropped now.
+        kept = []
+        for entry in self.heap:
+            if entry[2].active:
+                kept.append(entry)
+            else:
+                entry[2].counters.drops += 1
+        self.heap[:] = kept
+        heapq.heapify(self.heap)
 
     def stats(self) -> dict[str, Any]:
         # Idle counters of endpoints that never sent while unconnected are noise.

@@ -12,9 +12,11 @@ The backends themselves (`EmulatorBackend`, `NetemBackend`, `select_backend`) ar
 from __future__ import annotations
 
 import abc
+import json
 import math
 import os
 import random
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -218,9 +220,12 @@ class LinkBackend(abc.ABC):
 
     Endpoints are created unconnected (carrier down). ``connect`` raises the carrier on both
     ends and shapes both directions with the same resolved profile but independent random
-    streams; ``disconnect`` is an L2 detach (carrier down on both former ends); ``move`` is
-    the two in sequence, as in a handover of a mobile node between access routers. The
-    interfaces are left administratively up; addresses are the caller's business.
+    streams; it returns once both ends are operational, so a frame sent after it returns
+    travels the link. ``disconnect`` is an L2 detach (carrier down on both former ends) that
+    drops every frame still in flight on the link, in either direction; ``move`` is the two
+    in sequence (break before make), as in a handover of a mobile node between access
+    routers. The interfaces are left administratively up; addresses are the caller's
+    business.
     """
 
     name: ClassVar[str]
@@ -277,6 +282,7 @@ class LinkBackend(abc.ABC):
         self._connect(link)
         self._links[a] = self._links[b] = link
         self._history.append(link)
+        wait_operational([a, b])
 
     def disconnect(self, ep: Endpoint) -> None:
         link = self._links.get(ep)
@@ -321,3 +327,24 @@ class LinkBackend(abc.ABC):
 
 
 _tags = iter(range(1, 1 << 30))
+
+
+def wait_operational(endpoints: list[Endpoint], timeout_s: float = 10.0) -> None:
+    """Until every endpoint's interface is operationally up.
+
+    Raising the carrier is not yet enough to send: the kernel attaches the device's queue
+    when its link watcher has seen the carrier, a moment later (on a busy single CPU, many
+    milliseconds). Until then a frame sent is dropped by the sender's own device. The
+    watcher sets the operational state in the same step, so once that reads UP, a frame sent
+    travels the link.
+    """
+    deadline = time.monotonic() + timeout_s
+    for ep in endpoints:
+        while True:
+            cmd = ["ip", "-n", ep.netns, "-j", "link", "show", "dev", ep.ifname]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0 and json.loads(proc.stdout)[0].get("operstate") == "UP":
+                break
+            if time.monotonic() > deadline:
+                raise LinkError(f"{ep.label} did not come up within {timeout_s:g} s")
+            time.sleep(0.002)

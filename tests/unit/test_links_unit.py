@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import links as bench
+from benchmarks import linkstats as bench
 from lab import clean
 from topologies import backends, links
 from topologies.linkemu import Counters
@@ -225,47 +226,33 @@ def test_netem_qdisc_commands() -> None:
         backends.netem_qdisc_cmd("x", TABLE_I["tunnel"])
 
 
-def test_netem_endpoint_and_link_commands() -> None:
-    ep = Endpoint("pml-mag1", "eth1", "02:00:00:00:00:01")
-    cmds = backends.netem_endpoint_cmds("pmlab12e0", ep)
-    assert cmds[0] == [
-        "ip",
-        "link",
-        "add",
-        "pmlab12e0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth1",
-        "netns",
-        "pml-mag1",
-        "address",
-        "02:00:00:00:00:01",
-    ]
-    assert ["sysctl", "-qw", "net.ipv6.conf.pmlab12e0.disable_ipv6=1"] in cmds
-    assert cmds[-2:] == [
-        ["ip", "link", "set", "dev", "pmlab12e0", "down"],
-        ["ip", "-n", "pml-mag1", "link", "set", "dev", "eth1", "up"],
-    ]
-    assert "address" not in backends.netem_endpoint_cmds("o", Endpoint("n", "i"))[0]
-
+def test_netem_link_commands() -> None:
     lte = TABLE_I["lte"]
-    connect = backends.netem_connect_cmds("pmlbrab120", "oa", "ob", lte, (1, 2))
-    assert connect[0][:5] == ["ip", "link", "add", "pmlbrab120", "type"]
-    assert "mcast_snooping" in connect[0]
-    qdiscs = [c for c in connect if c[0] == "tc"]
+    (bridge,) = backends.netem_bridge_cmds("pmlbrab120")
+    assert bridge.startswith("link add pmlbrab120 type bridge") and "mcast_snooping 0" in bridge
+    tc, ip = backends.netem_connect_batches("br", "oa", "ob", lte, (1, 2), group=77)
     # a->b leaves through b's outer end and uses the a->b seed.
-    assert [(c[4], c[-1]) for c in qdiscs] == [("ob", "1"), ("oa", "2")]
-    assert ["ip", "link", "set", "dev", "oa", "master", "pmlbrab120"] in connect
-    assert ["ip", "link", "set", "dev", "ob", "up"] in connect
-    unseeded = backends.netem_connect_cmds("br", "oa", "ob", lte, None)
-    assert all("seed" not in c for c in unseeded)
+    assert [(line.split()[3], line.split()[-1]) for line in tc] == [("ob", "1"), ("oa", "2")]
+    assert all(line.startswith("qdisc replace dev") for line in tc)
+    # Ports and group change while the ends are down; both come up in the last request.
+    assert ip == [
+        "link set dev oa master br group 77",
+        "link set dev ob master br group 77",
+        "link set dev br up",
+        "link set group 77 up",
+    ]
+    unseeded, _ = backends.netem_connect_batches("br", "oa", "ob", lte, None, group=77)
+    assert all("seed" not in line for line in unseeded)
+    assert backends.netem_break_cmds(77, "br") == ["link set group 77 down", "link del dev br"]
+    assert backends.netem_remove_cmds(["br"], ["oa"]) == ["link del dev br", "link del dev oa"]
 
-    disconnect = backends.netem_disconnect_cmds("br", "oa", "ob")
-    assert disconnect[0] == ["ip", "link", "set", "dev", "oa", "down"]
-    assert disconnect[-1] == ["ip", "link", "del", "dev", "br"]
-    assert backends.netem_remove_endpoint_cmds("oa") == [["ip", "link", "del", "dev", "oa"]]
+
+def test_netem_groups_are_private_and_stable() -> None:
+    groups = {backends.netem_group("t", i) for i in range(1000)}
+    assert len(groups) == 1000  # distinct per link
+    assert all(0x40000000 <= g < 0x80000000 for g in groups)  # far from 0 (default) and small
+    assert backends.netem_group("t", 3) == backends.netem_group("t", 3)
+    assert backends.netem_group("t", 3) != backends.netem_group("u", 3)
 
 
 def test_netem_names_fit_ifnamsiz() -> None:
@@ -283,13 +270,35 @@ def test_netem_direction_seeds_differ_and_repeat() -> None:
     assert 0 <= backends.netem_direction_seed(3, 1) < 2**63
 
 
-def test_parse_tc_stats() -> None:
-    text = (
-        '[{"kind":"netem","handle":"8001:","root":true,"refcnt":2,"options":{},'
-        '"bytes":1234,"packets":10,"drops":2,"overlimits":0,"requeues":0}]'
-    )
-    assert backends.parse_tc_stats(text) == {"frames": 10, "bytes": 1234, "drops": 2}
-    assert backends.parse_tc_stats("") == {"frames": 0, "bytes": 0, "drops": 0}
+LINK_JSON = (
+    '[{"ifname":"oa","stats64":{"rx":{"packets":10,"bytes":900},"tx":{"packets":7,"bytes":700}}},'
+    '{"ifname":"ob","stats64":{"rx":{"packets":8,"bytes":800},"tx":{"packets":6,"bytes":600}}},'
+    '{"ifname":"lo"}]'
+)
+QDISC_JSON = (
+    '[{"kind":"netem","dev":"ob","root":true,"packets":6,"drops":2,"qlen":1},'
+    '{"kind":"noqueue","dev":"oa","root":true,"packets":0,"drops":5,"qlen":0}]'
+)
+
+
+def test_parse_counters_and_direction_counters() -> None:
+    now = backends.parse_counters(LINK_JSON, QDISC_JSON)
+    assert now["ob"] == {"rx": 8, "tx": 6, "tx_bytes": 600, "netem_drops": 2, "netem_qlen": 1}
+    assert now["oa"]["netem_drops"] == 0  # not netem: its drops are not the link's
+    assert now["lo"] == dict.fromkeys(backends.COUNTER_FIELDS, 0)
+    zero = dict.fromkeys(backends.COUNTER_FIELDS, 0)
+    # a->b: 10 entered, 6 delivered, 2 lost by netem, 1 queued: 1 dropped otherwise.
+    ab = backends.direction_counters(now["oa"], now["ob"], zero, zero)
+    assert ab == {
+        "frames": 6, "bytes": 600, "drops": 1, "lost": 2, "drawn": 8,
+        "drawn_mean_ms": None, "drawn_sd_ms": None,
+    }  # fmt: skip
+    base = {**zero, "rx": 4, "tx": 2, "tx_bytes": 200}
+    since = backends.direction_counters(now["oa"], now["ob"], base, base)
+    assert (since["frames"], since["drops"], since["bytes"]) == (4, 0, 400)
+    total = backends.add_counters(ab, since)
+    assert (total["frames"], total["drops"], total["lost"]) == (10, 1, 4)
+    assert backends.add_counters(None, ab) == ab
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,8 +321,12 @@ def test_select_backend_prefers_netem(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(backends.select_backend("auto"), backends.NetemBackend)
 
 
-def test_backend_bookkeeping_without_a_kernel() -> None:
+def test_backend_bookkeeping_without_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shared half of LinkBackend, on a backend that records instead of acting."""
+    waited: list[list[str]] = []
+    monkeypatch.setattr(
+        links, "wait_operational", lambda eps: waited.append([e.label for e in eps])
+    )
 
     class Recorder(links.LinkBackend):
         name = "recorder"
@@ -352,6 +365,7 @@ def test_backend_bookkeeping_without_a_kernel() -> None:
         be.connect(mag1, mag2, TABLE_I["lte"], seed=1)
     be.move(mn, mag2, TABLE_I["lte"], seed=5)
     assert be.peer(mn) == mag2 and be.peer(mag1) is None
+    assert waited == [["m/eth0", "p1/eth0"], ["m/eth0", "p2/eth0"]]  # after each make
     assert be.calls[-2:] == [
         ("disconnect", "m/eth0", "p1/eth0"),
         ("connect", "m/eth0", "p2/eth0", 5.0),
@@ -474,42 +488,163 @@ def test_cleanup_with_a_narrow_prefix_spares_other_runs(tmp_path: Path) -> None:
             child.wait()
 
 
+class FakeKernel:
+    """What NetemBackend asks of ip and tc, answered from a model of the outer ends."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+        self.devices: dict[str, dict[str, int]] = {}
+        self.qdiscs: dict[str, dict[str, int]] = {}
+
+    def run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        self.issued.append(" ".join(cmd))
+        out = ""
+        if cmd[:4] == ["ip", "-s", "-j", "link"]:
+            out = json.dumps(
+                [
+                    {"ifname": n, "stats64": {"rx": {"packets": d["rx"]}, "tx": {"packets": d["tx"], "bytes": 100 * d["tx"]}}}
+                    for n, d in self.devices.items()
+                ]
+            )  # fmt: skip
+        elif cmd[:4] == ["tc", "-s", "-j", "qdisc"]:
+            out = json.dumps(
+                [{"kind": "netem", "dev": n, "root": True, **q} for n, q in self.qdiscs.items()]
+            )
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    def batch(self, tool: str, lines: list[str], force: bool = False) -> None:
+        for line in lines:
+            self.issued.append(f"{tool} {line}")
+            words = line.split()
+            if tool == "ip" and words[:3] == ["link", "add", words[2]] and "veth" in words:
+                self.devices[words[2]] = {"rx": 0, "tx": 0}
+            if tool == "tc" and words[0] == "qdisc":
+                self.qdiscs.setdefault(words[3], {"packets": 0, "drops": 0, "qlen": 0})
+
+    def traffic(self, src: str, dst: str, entered: int, delivered: int, lost: int) -> None:
+        self.devices[src]["rx"] += entered
+        self.devices[dst]["tx"] += delivered
+        self.qdiscs[dst]["packets"] += delivered
+        self.qdiscs[dst]["drops"] += lost
+
+
 def test_netem_backend_issues_the_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """NetemBackend end to end against a recorder (this kernel has no netem to run it)."""
-    issued: list[str] = []
-
-    def record(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        issued.append(" ".join(cmd))
-        out = '[{"kind":"netem","root":true,"bytes":100,"packets":1,"drops":0}]'
-        return subprocess.CompletedProcess(cmd, 0, out if cmd[:2] == ["tc", "-s"] else "", "")
-
-    monkeypatch.setattr(backends, "run_cmd", record)
+    """NetemBackend end to end against a model (this kernel has no netem to run it)."""
+    kernel = FakeKernel()
+    monkeypatch.setattr(backends, "run_cmd", kernel.run)
+    monkeypatch.setattr(backends, "_disable_ipv6", lambda dev: kernel.issued.append(f"no6 {dev}"))
+    monkeypatch.setattr(
+        backends.NetemBackend, "_batch", lambda self, *a, **k: kernel.batch(*a, **k)
+    )
     monkeypatch.setattr(backends, "netem_available", lambda: True)
     monkeypatch.setattr(backends, "netem_seed_supported", lambda: False)
+    monkeypatch.setattr(links, "wait_operational", lambda eps: None)
     be = backends.select_backend("netem", tag="unit")
     assert isinstance(be, backends.NetemBackend)
     mn, mag1, mag2 = (Endpoint(f"pml-{n}", "eth0") for n in ("mn", "mag1", "mag2"))
     outer = [backends.netem_outer_name("unit", i) for i in range(3)]
-    bridge = [backends.netem_bridge_name("unit", i) for i in range(2)]
+    bridge = [backends.netem_bridge_name("unit", i) for i in range(3)]
+    group = [backends.netem_group("unit", i) for i in range(3)]
+    key = links.direction_key
     with be:
         for ep in (mn, mag1, mag2):
             be.add_endpoint(ep)
         be.connect(mn, mag1, TABLE_I["lte"], seed=1)
-        be.move(mn, mag2, TABLE_I["lte"], seed=2)
-        assert set(be.stats()) == {"pml-mn/eth0>pml-mag2/eth0", "pml-mag2/eth0>pml-mn/eth0"}
-    assert f"ip link add {outer[0]} type veth peer name eth0 netns pml-mn" in issued
+        kernel.traffic(outer[0], outer[1], entered=10, delivered=7, lost=1)  # 2 in flight
+        kernel.traffic(outer[1], outer[0], entered=5, delivered=5, lost=0)
+        be.move(mn, mag2, TABLE_I["lte"], seed=2)  # the 2 in flight to mag1 are dropped
+        kernel.traffic(outer[0], outer[2], entered=3, delivered=3, lost=0)
+        stats = be.stats()
+        # History stays: the finished link's directions with their last counters.
+        assert set(stats) == {
+            key(mn, mag1), key(mag1, mn), key(mn, mag2), key(mag2, mn),
+        }  # fmt: skip
+        assert stats[key(mn, mag1)] | {"drawn_mean_ms": 0} == {
+            "frames": 7, "bytes": 700, "drops": 2, "lost": 1, "drawn": 9,
+            "drawn_mean_ms": 0, "drawn_sd_ms": None,
+        }  # fmt: skip
+        assert (stats[key(mag1, mn)]["frames"], stats[key(mag1, mn)]["drops"]) == (5, 0)
+        # The new link counts from its make: mn's earlier frames are not in it.
+        assert (stats[key(mn, mag2)]["frames"], stats[key(mn, mag2)]["drops"]) == (3, 0)
+        assert stats[key(mag2, mn)]["frames"] == 0
+        be.move(mn, mag1, TABLE_I["lte"], seed=3)  # back: the same keys add up
+        kernel.traffic(outer[0], outer[1], entered=4, delivered=4, lost=0)
+        again = be.stats()
+        assert (again[key(mn, mag1)]["frames"], again[key(mn, mag1)]["drops"]) == (11, 2)
+        assert again[key(mn, mag2)]["frames"] == 3
+    assert f"ip link add {outer[0]} type veth peer name eth0 netns pml-mn" in kernel.issued
     order = [
         f"ip link add {bridge[0]} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+        f"no6 {bridge[0]}",
         f"tc qdisc replace dev {outer[1]} root netem limit 20000 delay 5000us 3000us",
-        f"ip link set dev {outer[0]} master {bridge[0]}",
-        f"ip link set dev {outer[0]} nomaster",
+        f"ip link set dev {outer[0]} master {bridge[0]} group {group[0]}",
+        f"ip link set group {group[0]} up",
+        f"ip link set group {group[0]} down",
         f"ip link del dev {bridge[0]}",
-        f"ip link set dev {outer[2]} master {bridge[1]}",
-        f"tc -s -j qdisc show dev {outer[2]}",
-        f"ip link del dev {bridge[1]}",
+        "ip -s -j link show",
+        f"tc qdisc replace dev {outer[2]} root netem limit 20000 delay 5000us 3000us",
+        f"ip link set group {group[1]} up",
+        f"ip link del dev {bridge[2]}",
         f"ip link del dev {outer[2]}",
     ]
-    positions = [issued.index(cmd) for cmd in order]
+    positions = [kernel.issued.index(cmd) for cmd in order]
     assert positions == sorted(positions)
-    assert not any("seed" in cmd for cmd in issued)
+    assert not any("seed" in cmd for cmd in kernel.issued)
     be.stop()  # idempotent
+
+
+def test_bench_accounting_counts_loss() -> None:
+    lte = TABLE_I["lte"]
+    sender = {"sent": 2990, "send_errors": {"ENOBUFS": 4}}
+    acc = bench.account(lte, 3000, 2980, sender, {"lost": 0, "drops": 3}, 2, {})
+    assert acc["missing"] == 20 and acc["not_sent"] == 6
+    # 4 send errors, 3 link drops, 2 socket overflows located; 5 nowhere.
+    assert acc["unlocated"] == 20 - 9 - 6
+    assert not acc["loss_ok"] and acc["unexplained_loss"] == 20
+    clean = bench.account(lte, 3000, 3000, {"sent": 3000, "send_errors": {}}, {}, 0, {})
+    assert clean["loss_ok"] and clean["missing"] == 0 and clean["unlocated"] == 0
+    # A profile's own loss explains what its link lost, and nothing else.
+    lossy = profile_from("lte", loss=0.01)
+    ok = bench.account(lossy, 3000, 2970, {"sent": 3000, "send_errors": {}}, {"lost": 30}, 0, {})
+    assert ok["loss_ok"]
+    bad = bench.account(lossy, 3000, 2969, {"sent": 3000, "send_errors": {}}, {"lost": 30}, 0, {})
+    assert not bad["loss_ok"] and bad["unlocated"] == 1
+    # Table I has no loss: even loss the link reports fails the profile.
+    assert not bench.account(
+        lte, 3000, 2999, {"sent": 3000, "send_errors": {}}, {"lost": 1}, 0, {}
+    )["loss_ok"]
+    assert not bench.account(lte, 3000, 3000, None, {}, 0, {})["loss_ok"]  # no sender report
+
+
+def test_bench_expected_reorder_rate() -> None:
+    # 10 ms apart: +-3 ms never reorders, +-50 ms (UMTS) mostly does; FIFO never does.
+    sends = [[i * 10_000_000 for i in range(300)] for _ in range(3)]
+    assert bench.expected_reorder_rate(TABLE_I["lte"], sends) == (0.0, 0.0)
+    umts, sd = bench.expected_reorder_rate(TABLE_I["umts"], sends, reps=5)
+    assert 0.5 < umts < 0.7 and 0 < sd < 0.05
+    fifo = profile_from("umts", reorder="preserve")
+    assert bench.expected_reorder_rate(fifo, sends)[0] == 0.0
+    # Sent closer together, the same jitter reorders more.
+    bunched = [[i * 2_000_000 for i in range(300)]]
+    assert bench.expected_reorder_rate(TABLE_I["lte"], bunched)[0] > 0.1
+
+
+def test_bench_noise_explains_only_what_it_can() -> None:
+    def result(name: str, delay: float, exp_sd: float, mean: float, sd: float) -> dict:
+        lte = profile_from("lte", delay_ms=delay, jitter_ms=exp_sd * math.sqrt(3))
+        verdict = bench.judge(lte, {"n": 3000, "mean_ms": mean, "sd_ms": sd}, None)
+        return {"profile": name, "delay_ms": delay, "n": 3000, "mean_ms": mean, "sd_ms": sd,
+                "control": "fixed", **verdict}  # fmt: skip
+
+    fixed = result("fixed", 50.0, 0.0, 50.5, 1.2)
+    noisy = result("lte", 5.0, 1.732, 5.5, math.hypot(1.732, 1.2))  # exactly signal + noise
+    worse = result("peer", 7.0, 1.732, 7.5, 2.6)  # more than the noise explains
+    good = result("tun", 25.0, 3.464, 25.0, 3.47)
+    results = [noisy, worse, good, fixed]
+    bench.explain_by_noise(results)
+    assert not noisy["pass"] and noisy["noise_limited"]["sd_ms"] == 1.2
+    assert noisy["noise_limited"]["expected_mean_ms"] == pytest.approx(5.5)
+    assert "noise_limited" not in worse and "noise_limited" not in good and good["pass"]
+    alone = result("lte", 5.0, 1.732, 5.5, 2.1)
+    bench.explain_by_noise([alone])  # its control was not measured: nothing to say
+    assert "noise_limited" not in alone
