@@ -89,6 +89,7 @@ class Parser:
         self.path = path
         self.toks = tokenize(text, path)
         self.pos = 0
+        self.disabled: Token | None = None  # the 'disable' statement, if the file has one
 
     # helpers
     @property
@@ -195,10 +196,16 @@ class Parser:
             if t.kind == ";":  # an empty statement, which mcproxy skips as well
                 self.advance()
                 continue
+            if self.is_kw(t, "disable"):
+                # mcproxy's off switch: it stops reading here and the daemon does not run.
+                self.disabled = t
+                return result
             handler = _STATEMENTS.get(t.text.lower()) if t.kind == "word" else None
             if handler is None:
                 raise self.error(
-                    t, f"unknown statement {t.shown} (expected {_alternatives(list(_STATEMENTS))})"
+                    t,
+                    f"unknown statement {t.shown} "
+                    f"(expected {_alternatives([*_STATEMENTS, 'disable'])})",
                 )
             self.advance()
             result.append(handler(self, t))
