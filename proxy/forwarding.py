@@ -48,6 +48,8 @@ class Tunables:
     # same channel on several upstreams): any subscription to it may be served from it.
     mirrored_hold: float = 1.0
     prefix_refresh: float = 5.0  # re-read downstream subscriber prefixes
+    # The SSM ranges of the downstream queriers; None: RFC 4607's (ff3x::/32, 232/8).
+    ssm: tuple | None = None
 
 
 def is_routable_group(group: Address) -> bool:

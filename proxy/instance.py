@@ -201,7 +201,7 @@ class ProxyInstance(Forwarding):
             self._link_up(st.ifname, role)
 
     def _link_up(self, ifname: str, role: Role) -> None:
-        self.log.info("link up: %s (%s)", ifname, role.value)
+        self.log.info("link up: %s (%s)", ifname, self.policy.role_name(ifname))
         self.emit("proxy_link_up", ifname)
         self.addresses[ifname] = netlink.own_address(self.family, ifname)
         if role is Role.DOWNSTREAM:
@@ -214,7 +214,7 @@ class ProxyInstance(Forwarding):
             self.selector.set_link(ifname, True)
             self._upstream_event(ifname)
             self._reselect(None)
-        elif role is not Role.DOWNSTREAM:
+        elif role is not Role.DOWNSTREAM or ifname in self.policy.also_upstream:
             for group in self.groups():
                 self._apply_subscriptions(group)
 
@@ -275,6 +275,7 @@ class ProxyInstance(Forwarding):
             send=lambda query, ifname=ifname: self._send_query(ifname, query),
             on_change=lambda group, ifname=ifname: self._querier_changed(ifname, group),
             election=election,
+            ssm_range=self.tun.ssm,
         )
         self.queriers[ifname] = q
         return q
@@ -491,13 +492,13 @@ class ProxyInstance(Forwarding):
             "table": self.cfg.table_id,
             "interfaces": {
                 name: {
-                    "role": role.value,
+                    "role": self.policy.role_name(name),
                     "present": self.links.get(name, DOWN).present,
                     "up": self.links.get(name, DOWN).up,
                     "vif": self.table.vifs[name].index if name in self.table.vifs else None,
                     "address": str(self.addresses.get(name) or ""),
                 }
-                for name, role in self.policy.roles.items()
+                for name in self.policy.roles
             },
             "queriers": {name: q.snapshot() for name, q in self.queriers.items()},
             "upstream": [

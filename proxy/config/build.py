@@ -118,7 +118,9 @@ class Builder:
             if other == inst and other_role == role:
                 msg = f"interface '{name.text}' is listed twice in instance '{inst}'"
             elif other == inst:
-                msg = f"interface '{name.text}' is both {other_role} and {role} of instance '{inst}'"
+                msg = (
+                    f"interface '{name.text}' is both {other_role} and {role} of instance '{inst}'"
+                )
             else:
                 msg = (
                     f"interface '{name.text}' is {other_role} of instance '{other}' "

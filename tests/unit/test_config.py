@@ -228,7 +228,13 @@ def test_instances_without_id_are_numbered_like_mcproxy_by_name_after_explicit_i
         "pinstance c: c0 ==> c1;\n"
     )
     ids = [(i.name, i.table_id, i.table_id_explicit) for i in c.instances]
-    assert ids == [("d", 12, False), ("b", 10, True), ("a", 1, False), ("e", 13, False), ("c", 11, False)]
+    assert ids == [
+        ("d", 12, False),
+        ("b", 10, True),
+        ("a", 1, False),
+        ("e", 13, False),
+        ("c", 11, False),
+    ]
     assert parse(render(c)) == c
 
 
@@ -244,7 +250,9 @@ def test_lone_instance_without_id_uses_the_default_table_and_byte_order_sorts_na
 
 
 def test_interface_may_be_upstream_and_downstream_of_one_instance():
-    c = parse("pinstance A: ap a1 ==> ap a2;\npinstance A downstream ap in blacklist table {(*|*)};")
+    c = parse(
+        "pinstance A: ap a1 ==> ap a2;\npinstance A downstream ap in blacklist table {(*|*)};"
+    )
     a = c.instance("A")
     assert (a.upstreams, a.downstreams) == (("ap", "a1"), ("ap", "a2"))
     assert a.filter_for("downstream", "ap", "in").kind == "blacklist"
@@ -260,7 +268,10 @@ def test_instance_without_upstream_is_querier_only():
 
 def test_interface_shared_by_instances_and_names_listed_twice_are_used_once():
     c = parse("pinstance a: x ==> y;\npinstance b: u ==> y v v;")
-    assert [(i.upstreams, i.downstreams) for i in c.instances] == [(("x",), ("y",)), (("u",), ("y", "v"))]
+    assert [(i.upstreams, i.downstreams) for i in c.instances] == [
+        (("x",), ("y",)),
+        (("u",), ("y", "v")),
+    ]
 
 
 def test_last_protocol_line_wins():
