@@ -29,7 +29,15 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proxy.config import FilterBinding, Instance, Network, Selection, SelectionRecord
+from proxy.config import (
+    FilterBinding,
+    Instance,
+    Network,
+    Selection,
+    SelectionRecord,
+    is_wildcard,
+    wildcard_matches,
+)
 from proxy.membership import NO_INTEREST, MembershipState, merge
 from proxy.messages import Address, FilterMode
 
@@ -193,6 +201,30 @@ class Policy:
         for name in cfg.peerings:
             self.roles[name] = Role.PEERING
         self.also_upstream: set[str] = set(cfg.upstreams) & set(cfg.downstreams)
+        # Wildcards (eth+, ppp*) are not interfaces: matching ones are adopted at runtime.
+        self.patterns = {n for n in self.roles if is_wildcard(n)}
+        for name in self.patterns:
+            del self.roles[name]
+        self.also_upstream -= self.patterns
+
+    def pattern_roles(self, ifname: str) -> tuple[Role, bool] | None:
+        """(role, also upstream) that a new interface takes from the wildcards it matches."""
+        if ifname in self.roles:
+            return None
+        up = any(wildcard_matches(p, ifname) for p in self.cfg.upstreams)
+        down = any(wildcard_matches(p, ifname) for p in self.cfg.downstreams)
+        if down:
+            return Role.DOWNSTREAM, up
+        if up:
+            return Role.UPSTREAM, False
+        if any(wildcard_matches(p, ifname) for p in self.cfg.peerings):
+            return Role.PEERING, False
+        return None
+
+    def adopt(self, ifname: str, role: Role, also_upstream: bool) -> None:
+        self.roles[ifname] = role
+        if also_upstream:
+            self.also_upstream.add(ifname)
 
     def add_downstream(self, ifname: str) -> None:
         self.roles[ifname] = Role.DOWNSTREAM

@@ -23,14 +23,21 @@ LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
-def setup_logging(level: int, log_file: str | None = None, syslog: bool = False) -> None:
+def setup_logging(
+    level: int,
+    log_file: str | None = None,
+    syslog: bool = False,
+    syslog_address: str | tuple[str, int] | None = None,
+) -> None:
     """Dated lines with levels to standard error (or ``log_file``), or to syslog."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler: logging.Handler
     if syslog:
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        address = syslog_address or (
+            "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        )
         handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )

@@ -18,7 +18,7 @@ mcproxy's keywords (``in``, ``out``, ``table``, ...) must be quoted to be used a
 
     protocol IGMPv1 | IGMPv2 | IGMPv3 | MLDv1 | MLDv2;
     table NAME { RULE ... };
-    pinstance NAME[(TABLE_ID)]: [UPSTREAM ...] ==> DOWNSTREAM ...;
+    pinstance NAME[(TABLE_ID)]: [UPSTREAM ...] ==> DOWNSTREAM ...;   # IF may be eth+ or ppp*
     disable;
     pinstance NAME upstream|downstream IF|* in|out whitelist|blacklist TABLE;
     pinstance NAME upstream * in|out rulematching first | all | mutex MILLISECONDS;
@@ -52,6 +52,10 @@ Defaults (what other modules rely on):
   default multicast table (``DEFAULT_TABLE``: 253 for IPv4, 254 for IPv6); with several
   instances, taken sorted by name, one without an id gets the previous instance's id + 1
   (starting at 1), so counting continues after an explicit id (ids in use are skipped).
+- Interface wildcards (our extension): a name ending in ``+`` (iptables) or ``*`` stands
+  for every interface whose name starts with what comes before it; matching interfaces
+  join the instance in that role when they appear and leave it when they disappear. A
+  filter binding may name a wildcard; one naming the interface itself wins.
 - Like mcproxy: the last ``protocol`` line wins; an instance may have no upstream (a
   querier-only instance); an interface may be upstream and downstream of one instance
   (one vif: its querier and its host memberships, data from it treated as from a
@@ -117,6 +121,8 @@ from proxy.config.model import (
     ConfigError,
     DownstreamOptions,
     Instance,
+    is_wildcard,
+    wildcard_matches,
 )
 from proxy.config.render import render
 from proxy.config.rules import (
@@ -170,7 +176,9 @@ __all__ = [
     "Table",
     "Takeover",
     "Timers",
+    "is_wildcard",
     "load",
     "parse",
     "render",
+    "wildcard_matches",
 ]

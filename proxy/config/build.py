@@ -23,6 +23,7 @@ from proxy.config.model import (
     DownstreamOptions,
     Instance,
     assign_table_ids,
+    wildcard_matches,
 )
 from proxy.config.tokens import Token
 from proxy.messages import Address
@@ -175,7 +176,8 @@ class Builder:
         if ifname.wildcard:
             return
         members = draft.stmt.upstreams if role == "upstream" else draft.stmt.downstreams
-        if ifname.text not in {m.text for m in members}:
+        names = {m.text for m in members}
+        if ifname.text not in names and not any(wildcard_matches(n, ifname.text) for n in names):
             article = "an" if role == "upstream" else "a"
             raise self.error(
                 ifname.tok,

@@ -164,6 +164,8 @@ class Parser:
                     t, f"expected {what}, found keyword {t.shown} (quote it to use it as a name)"
                 )
             text, first = self.glue(NAME_GLUE)
+            if self.tok.kind in ("+", "*") and self.tok.start == self.prev.end:
+                text += self.advance().text  # an interface wildcard: eth+, ppp*
             return Name(text, first)
         raise self.expected(what)
 

@@ -70,6 +70,16 @@ class ConfigError(Exception):
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
 
 
+def is_wildcard(name: str) -> bool:
+    """``eth+`` (iptables) or ``ppp*``: a pattern for interfaces that come and go."""
+    return len(name) > 1 and name[-1] in "+*"
+
+
+def wildcard_matches(pattern: str, ifname: str) -> bool:
+    """Whether interface ``ifname`` matches ``pattern`` (a name that starts with its stem)."""
+    return is_wildcard(pattern) and ifname.startswith(pattern[:-1]) and ifname != pattern
+
+
 class ConfigDisabled(Exception):
     """The file says ``disable;``: mcproxy's switch to not run the proxy at all."""
 
@@ -176,15 +186,18 @@ class Instance:
         return None
 
     def filter_for(self, role: str, ifname: str, direction: str) -> FilterBinding | None:
-        """The binding for this interface; one naming the interface beats one for ``*``."""
-        wildcard = None
+        """The binding for this interface; one naming the interface beats one naming a
+        wildcard it matches (``eth+``), which beats one for ``*``."""
+        wildcard = pattern = None
         for binding in self.filters:
             if binding.role == role and binding.direction == direction:
                 if binding.ifname == ifname:
                     return binding
                 if binding.ifname == "*":
                     wildcard = binding
-        return wildcard
+                elif pattern is None and wildcard_matches(binding.ifname, ifname):
+                    pattern = binding
+        return pattern or wildcard
 
     def allows(
         self,

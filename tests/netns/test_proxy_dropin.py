@@ -143,3 +143,32 @@ def test_rfc3306_asm_group_is_forwarded_and_ff3e_96_any_source_join_ignored(lab)
     assert joined.get(asm) == "EX{}" and ssm not in joined, joined
     assert len(set(received_seqs(lab, "rasm"))) >= 98, dump(inst)
     assert received_seqs(lab, "rssm") == [], dump(inst)
+
+
+def test_wildcard_downstream_appears_and_disappears_at_runtime(lab):
+    px = lab.ns("px")
+    h = point_to_point(lab, px, "up0", 1)
+    conf = f"protocol MLDv2;\npinstance w(4): up0 ==> acc+;\npinstance w {FAST_TIMERS};\n"
+    proxy = start_proxy(lab, px, conf)
+    assert set(proxy.instance("w")["interfaces"]) == {"up0"}
+    # The access link is made after the daemon started, as a PPP or tunnel link would be.
+    listener = lab.ns("l9")
+    lab.link(px, "acc9", listener, "e0")
+    lab.addr(px, "acc9", "2001:db8:9::1/64")
+    lab.addr(listener, "e0", "2001:db8:9::2/64")
+    assert wait_for(lambda: "acc9" in proxy.instance("w")["interfaces"], 5), dump(proxy.show())
+    assert "iif acc9 lookup 4" in lab.sh(px, "ip -6 mrule show")
+    receiver(lab, listener, "e0", "ff0e::99", "r9")
+    assert wait_for(lambda: has_group(proxy, "w", "acc9", "ff0e::99"), 5), dump(proxy.show())
+    snd = sender(lab, h, "e0", "ff0e::99", "s9", duration=1.0)
+    snd.wait(10)
+    time.sleep(0.3)
+    inst = proxy.instance("w")
+    assert inst["interfaces"]["acc9"]["role"] == "downstream"
+    assert ("up0", "ff0e::99") in {(m["interface"], m["group"]) for m in inst["upstream"]}
+    assert len(set(received_seqs(lab, "r9"))) >= 98, dump(inst)
+    lab.sh(px, "ip link del acc9")
+    assert wait_for(lambda: "acc9" not in proxy.instance("w")["interfaces"], 5), dump(proxy.show())
+    inst = proxy.instance("w")
+    assert "acc9" not in inst["queriers"] and inst["upstream"] == [], dump(inst)
+    assert "acc9" not in lab.sh(px, "ip -6 mrule show")

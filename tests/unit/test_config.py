@@ -29,6 +29,7 @@ from proxy.config import (
     load,
     parse,
     render,
+    wildcard_matches,
 )
 from proxy.timers import MOBILITY, Timers
 
@@ -883,3 +884,20 @@ def test_built_rule_matching_and_filters_read_back_equal():
 def test_config_build_refuses_an_unknown_protocol():
     with pytest.raises(ValueError, match="unknown protocol"):
         Config.build([], protocol="MLDv3")
+
+
+def test_interface_wildcards_are_names_and_filters_on_them_apply_to_matches():
+    c = parse(
+        'protocol MLDv2; pinstance p: eth+ ==> ppp* "tap+";\n'
+        "pinstance p downstream ppp* out whitelist table {(ff0e::/16 | *)};\n"
+        "pinstance p downstream ppp7 out blacklist table {(* | *)};\n",
+    )
+    p = c.instance("p")
+    assert (p.upstreams, p.downstreams) == (("eth+",), ("ppp*", "tap+"))
+    assert p.filter_for("downstream", "ppp0", "out").kind == "whitelist"
+    assert p.filter_for("downstream", "ppp7", "out").kind == "blacklist"  # its own name wins
+    assert p.filter_for("downstream", "tap0", "out") is None
+    assert parse(render(c)) == c
+    # As iptables: every name that starts with the stem, the stem itself too.
+    names = ("eth0", "eth", "eth0.100", "veth0", "et")
+    assert [wildcard_matches("eth+", n) for n in names] == [True, True, True, False, False]
