@@ -23,6 +23,15 @@ from proxy.instance import Tunables
 from proxy.kernel import KernelError
 
 DEFAULT_CONFIG = "/etc/pymcproxy.conf"
+MCPROXY_CONFIG = "/etc/mcproxy.conf"  # mcproxy's default, read when ours is not there
+
+
+def default_config() -> str:
+    return (
+        MCPROXY_CONFIG
+        if not os.path.exists(DEFAULT_CONFIG) and os.path.exists(MCPROXY_CONFIG)
+        else DEFAULT_CONFIG
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,7 +41,10 @@ def parser() -> argparse.ArgumentParser:
         "(mcproxy.conf grammar). 'pymcproxy ctl show' asks a running daemon.",
     )
     p.add_argument(
-        "-f", "--file", metavar="FILE", help=f"configuration file (default {DEFAULT_CONFIG})"
+        "-f",
+        "--file",
+        metavar="FILE",
+        help=f"configuration file (default {DEFAULT_CONFIG}, else {MCPROXY_CONFIG})",
     )
     p.add_argument(
         "-t",
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Check the currently available kernel features.")
         print("\n".join(service.check_kernel_features()))
         return 0
-    path = args.check or args.file or DEFAULT_CONFIG
+    path = args.check or args.file or default_config()
     cfg = _load(path)
     if isinstance(cfg, int):
         return cfg

@@ -23,6 +23,7 @@ from proxy.config.model import (
     DownstreamOptions,
     Instance,
     assign_table_ids,
+    is_wildcard,
     wildcard_matches,
 )
 from proxy.config.tokens import Token
@@ -231,6 +232,12 @@ class Builder:
     def selection(self, d: _InstanceDraft) -> sel.Selection | None:
         if d.selection_kw is None:
             return None
+        for up in d.stmt.upstreams:
+            if is_wildcard(up.text):
+                raise self.error(
+                    up.tok,
+                    f"upstream selection needs named upstreams, not the wildcard '{up.text}'",
+                )
         if "in" in d.rule_matching:
             tok = d.rule_matching["in"][1]
             raise self.error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -901,3 +902,8 @@ def test_interface_wildcards_are_names_and_filters_on_them_apply_to_matches():
     # As iptables: every name that starts with the stem, the stem itself too.
     names = ("eth0", "eth", "eth0.100", "veth0", "et")
     assert [wildcard_matches("eth+", n) for n in names] == [True, True, True, False, False]
+
+
+def test_upstream_selection_refuses_wildcard_upstreams():
+    with pytest.raises(ConfigError, match=re.escape("not the wildcard 'tun+'")):
+        parse("protocol MLDv2; pinstance p: tun+ ==> d1; pinstance p upstream * overlap 1s;")
