@@ -6,9 +6,9 @@ import os
 import re
 import socket
 import subprocess
-import time
 
 from lab.netns import NetLab as Lab
+from lab.netns import wait_for
 from lab.paths import PY
 from proxy import service
 from proxy.ctl import request
@@ -103,8 +103,14 @@ def test_status_flag_prints_each_instance_on_stdout(lab: Lab):
     out = lab.tmp / "s.out"
     with open(out, "w") as f:
         proc = lab.spawn(px, args, stdout=f, stderr=subprocess.DEVNULL)
-        time.sleep(2.5)
-        lab.stop(proc)
-    lines = [x for x in out.read_text().splitlines() if x.startswith("instance lma")]
+
+        def lines() -> list[str]:
+            return [x for x in out.read_text().splitlines() if x.startswith("instance lma")]
+
+        try:
+            assert wait_for(lambda: len(lines()) >= 2, 15), out.read_text()  # 2 s apart
+        finally:
+            lab.stop(proc)
+    lines = lines()
     assert len(lines) >= 2, out.read_text()
     assert lines[0].startswith("instance lma table 1: d1(downstream); groups ")

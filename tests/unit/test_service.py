@@ -12,6 +12,20 @@ import pytest
 from proxy import service
 
 
+def plain_logger(name: str) -> logging.Logger:
+    """``name``'s logger as the daemon has it: level from the root, records to the root.
+
+    (Importing Mininet elsewhere in the test run makes new loggers Mininet's own class,
+    with a level and a handler of their own.)
+    """
+    lg = logging.getLogger(name)
+    lg.setLevel(logging.NOTSET)
+    lg.propagate, lg.disabled = True, False
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    return lg
+
+
 @pytest.fixture(autouse=True)
 def restore_root_logger():
     root = logging.getLogger()
@@ -28,8 +42,8 @@ def restore_root_logger():
 def test_file_log_lines_are_dated_with_level_and_logger(tmp_path):
     path = tmp_path / "p.log"
     service.setup_logging(logging.INFO, str(path))
-    logging.getLogger("pymcproxy.a").info("link up: %s", "d1")
-    logging.getLogger("pymcproxy").debug("not shown at INFO")
+    plain_logger("pymcproxy.a").info("link up: %s", "d1")
+    plain_logger("pymcproxy").debug("not shown at INFO")
     lines = path.read_text().splitlines()
     assert len(lines) == 1
     assert re.fullmatch(
@@ -43,7 +57,7 @@ def test_syslog_lines_carry_facility_daemon_priority_and_pid_tag(tmp_path):
         s.bind(address)
         s.settimeout(5)
         service.setup_logging(logging.DEBUG, syslog=True, syslog_address=address)
-        logging.getLogger("pymcproxy").warning("upstream %s lost", "up0")
+        plain_logger("pymcproxy").warning("upstream %s lost", "up0")
         msg = s.recv(4096).decode()
     # <28> = facility daemon (3) * 8 + warning (4); syslog dates the line itself.
     assert msg.rstrip("\0") == f"<28>pymcproxy[{os.getpid()}]: WARNING pymcproxy: upstream up0 lost"
