@@ -11,7 +11,7 @@ from collections import Counter
 from ipaddress import IPv6Address, ip_address
 
 from proxy import config as configmod
-from proxy import ctl
+from proxy import ctl, service
 from proxy.events import EventLog
 from proxy.instance import ProxyInstance, Tunables
 from proxy.kernel import set_mc_forwarding_sysctls
@@ -38,6 +38,8 @@ class Daemon:
         self.instances: dict[str, ProxyInstance] = {}
         self.drops: Counter = Counter()
         self.links: dict[str, LinkState] = {}
+        self.trace = False  # -vv: log every IGMP/MLD message received
+        self.status_every: float | None = None  # -s: print the status this often
         self._stop = asyncio.Event()
 
     # --- start and stop ----------------------------------------------------------------
@@ -62,7 +64,14 @@ class Daemon:
                 ", ".join(self.instances),
                 self.ctl_path,
             )
+            # systemd Type=notify: ready once every instance is up and the socket listens.
+            service.notify(
+                f"READY=1\nSTATUS=running {len(self.instances)} instance(s)\nMAINPID={os.getpid()}"
+            )
+            if self.status_every:
+                self._print_status()
             await self._stop.wait()
+            service.notify("STOPPING=1")
             server.close()
         finally:
             for name in list(self.instances):
@@ -77,6 +86,23 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _print_status(self) -> None:
+        """mcproxy's -s: the state of every instance on standard output, every few seconds."""
+        for inst in self.instances.values():
+            snap = inst.snapshot()
+            ifs = " ".join(
+                f"{n}({i['role']}{'' if i['up'] else ',down'})"
+                for n, i in snap["interfaces"].items()
+            )
+            groups = sum(len(q.get("groups", {})) for q in snap["queriers"].values())
+            print(
+                f"instance {snap['name']} table {snap['table']}: {ifs}; groups {groups}, "
+                f"upstream memberships {len(snap['upstream'])}, mfc entries {len(snap['mfc'])}",
+                flush=True,
+            )
+        assert self.status_every
+        asyncio.get_running_loop().call_later(self.status_every, self._print_status)
 
     def _start_instance(self, icfg: configmod.Instance) -> None:
         loop = asyncio.get_running_loop()
@@ -132,6 +158,8 @@ class Daemon:
             else:
                 rec = parse_igmp(data, anc, self.drops)
             if rec is not None:
+                if self.trace:
+                    log.debug("%s: %s from %s on %s", inst.name, rec.msg, rec.src, ifname)
                 inst.receive(ifname, rec.src, rec.msg)
 
     # --- reload -----------------------------------------------------------------------------
@@ -160,6 +188,7 @@ class Daemon:
                 details[name] = self._update_instance(old[name], icfg)
                 changed.append(f"~{name}")
         self.cfg = new
+        service.notify("READY=1")
         what = " ".join(
             f"{c}({','.join(details[c[1:]])})" if c[1:] in details else c for c in changed
         )

@@ -48,6 +48,8 @@ class Tunables:
     # same channel on several upstreams): any subscription to it may be served from it.
     mirrored_hold: float = 1.0
     prefix_refresh: float = 5.0  # re-read downstream subscriber prefixes
+    # The SSM ranges of the downstream queriers; None: RFC 4607's (ff3x::/32, 232/8).
+    ssm: tuple | None = None
 
 
 def is_routable_group(group: Address) -> bool:
@@ -96,6 +98,11 @@ class Forwarding:
         if up.kind is UpcallType.NOCACHE or entry is None:
             self._install(up.source, up.group, vif.ifname)
         elif up.kind is UpcallType.WRONGVIF:
+            if up.vif in entry.oifs:
+                # Our own copy: the host loops forwarded packets back in on an interface
+                # where it is a member too (an upstream that is also a downstream).
+                self.counters["wrongvif_own_copy"] += 1
+                return
             current = self.table.vif_by_index(entry.parent)
             new_role = self.policy.roles.get(vif.ifname)
             cur_role = self.policy.roles.get(current.ifname) if current else None

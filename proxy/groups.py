@@ -53,7 +53,7 @@ class Family:
     ip_version: int
     max_version: int  # IGMPv3 / MLDv2: the version with source filtering
     leave_version: int  # oldest version whose hosts send Leave / Done (IGMPv2, MLDv1)
-    default_ssm: Network
+    default_ssm: tuple[Network, ...]  # RFC 4607 §1: 232/8, FF3x::/32 for every scope x
     all_nodes: Address  # groups nobody reports (RFC 3376 §5, RFC 3810 §6)
 
     def reportable(self, group: Address) -> bool:
@@ -63,8 +63,11 @@ class Family:
         return self.ip_version == 4 or (int(group) >> 112) & 0xF > 1
 
 
-IGMP = Family("igmp", 4, 3, 2, IPv4Network("232.0.0.0/8"), IPv4Address("224.0.0.1"))
-MLD = Family("mld", 6, 2, 1, IPv6Network("ff30::/12"), IPv6Address("ff02::1"))
+IGMP = Family("igmp", 4, 3, 2, (IPv4Network("232.0.0.0/8"),), IPv4Address("224.0.0.1"))
+#: ff3x::/32 only: ff3x with a non-zero plen (RFC 3306 unicast-prefix-based groups such as
+#: ff3e:40:2001:db8::/64) is any-source multicast.
+SSM6 = tuple(IPv6Network(f"ff3{x:x}::/32") for x in range(16))
+MLD = Family("mld", 6, 2, 1, SSM6, IPv6Address("ff02::1"))
 FAMILIES = {socket.AF_INET: IGMP, 4: IGMP, socket.AF_INET6: MLD, 6: MLD}
 
 

@@ -81,6 +81,7 @@ class ProxyInstance(Forwarding):
         self._misplaced_since: dict[tuple[Address, Address], float] = {}
         self._carrier_lost: set[str] = set()  # upstreams taken down by _check_carriers
         self._upstream_states: dict[str, str] = {}  # last logged state per candidate
+        self.adopted: set[str] = set()  # interfaces taken in by a wildcard (eth+, ppp*)
 
     def _make_selector(self, cfg: Instance) -> UpstreamSelector | None:
         if cfg.selection is None:
@@ -94,9 +95,12 @@ class ProxyInstance(Forwarding):
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self, links: dict[str, LinkState]) -> None:
-        for ifname in self.policy.roles:
+        for ifname in list(self.policy.roles):
             kernel.mrule_add(self.family, ifname, self.cfg.table_id)
             self.link_changed(links.get(ifname, LinkState(ifname, 0, False, False)))
+        for st in list(links.values()):
+            if st.ifname not in self.policy.roles:
+                self.link_changed(st)  # adopted if a wildcard matches it
         self._poll_handle = self.scheduler.call_later(self.tun.poll_interval, self._poll)
 
     def stop(self) -> None:
@@ -157,13 +161,22 @@ class ProxyInstance(Forwarding):
             )
             if touched and ifname in self.policy.roles:
                 self.remove_interface(ifname)
-        runtime = [n for n, r in self.policy.roles.items() if n not in old_roles]
+        runtime = [n for n in self.policy.roles if n not in old_roles and n not in self.adopted]
+        adopted, self.adopted = self.adopted, set()
+        for ifname in sorted(adopted):
+            now = (self.policy.roles.get(ifname), ifname in self.policy.also_upstream)
+            if new_policy.pattern_roles(ifname) != now:
+                self.remove_interface(ifname)  # taken in again below if it still matches
+                adopted.discard(ifname)
         present = set(self.policy.roles)
         self.cfg = cfg
         self.policy = new_policy
         for ifname in runtime:
             if ifname not in self.policy.roles:
                 self.policy.add_downstream(ifname)
+        for ifname in adopted:
+            self.policy.adopt(ifname, *self.policy.pattern_roles(ifname))  # type: ignore[misc]
+            self.adopted.add(ifname)
         if old.timers != cfg.timers:
             for q in self.queriers.values():
                 q.set_timers(cfg.timers)
@@ -178,6 +191,9 @@ class ProxyInstance(Forwarding):
             if ifname not in present:
                 kernel.mrule_add(self.family, ifname, cfg.table_id)
                 self.link_changed(links.get(ifname, LinkState(ifname, 0, False, False)))
+        for st in list(links.values()):
+            if st.ifname not in self.policy.roles:
+                self.link_changed(st)  # adopted if a (new) wildcard matches it
         self._read_prefixes()
         for group in self.groups():
             self.refresh(group)
@@ -186,7 +202,32 @@ class ProxyInstance(Forwarding):
     def link_changed(self, st: LinkState) -> None:
         role = self.policy.roles.get(st.ifname)
         if role is None:
-            return
+            if not st.present or not self._adopt(st.ifname):
+                return
+            role = self.policy.roles[st.ifname]
+        self._link_changed(st, role)
+        if st.ifname in self.adopted and not st.present:
+            # A wildcard's interface that disappeared leaves the instance.
+            self.adopted.discard(st.ifname)
+            self.policy.remove(st.ifname)
+            self.queriers.pop(st.ifname, None)
+            self.links.pop(st.ifname, None)
+            kernel.mrule_del(self.family, st.ifname, self.cfg.table_id)
+            self.log.info("interface %s left (it is gone)", st.ifname)
+
+    def _adopt(self, ifname: str) -> bool:
+        """Take ``ifname`` in if it matches a wildcard of the configuration."""
+        roles = self.policy.pattern_roles(ifname)
+        if roles is None:
+            return False
+        self.policy.adopt(ifname, *roles)
+        self.adopted.add(ifname)
+        kernel.mrule_add(self.family, ifname, self.cfg.table_id)
+        self.log.info("interface %s appeared: %s", ifname, self.policy.role_name(ifname))
+        self.emit("interface_adopted", ifname)
+        return True
+
+    def _link_changed(self, st: LinkState, role: Role) -> None:
         if st.up:
             self._carrier_lost.discard(st.ifname)
         prev = self.links.get(st.ifname) or LinkState(st.ifname, 0, False, False)
@@ -201,7 +242,7 @@ class ProxyInstance(Forwarding):
             self._link_up(st.ifname, role)
 
     def _link_up(self, ifname: str, role: Role) -> None:
-        self.log.info("link up: %s (%s)", ifname, role.value)
+        self.log.info("link up: %s (%s)", ifname, self.policy.role_name(ifname))
         self.emit("proxy_link_up", ifname)
         self.addresses[ifname] = netlink.own_address(self.family, ifname)
         if role is Role.DOWNSTREAM:
@@ -214,7 +255,7 @@ class ProxyInstance(Forwarding):
             self.selector.set_link(ifname, True)
             self._upstream_event(ifname)
             self._reselect(None)
-        elif role is not Role.DOWNSTREAM:
+        elif role is not Role.DOWNSTREAM or ifname in self.policy.also_upstream:
             for group in self.groups():
                 self._apply_subscriptions(group)
 
@@ -275,6 +316,7 @@ class ProxyInstance(Forwarding):
             send=lambda query, ifname=ifname: self._send_query(ifname, query),
             on_change=lambda group, ifname=ifname: self._querier_changed(ifname, group),
             election=election,
+            ssm_range=self.tun.ssm,
         )
         self.queriers[ifname] = q
         return q
@@ -491,13 +533,13 @@ class ProxyInstance(Forwarding):
             "table": self.cfg.table_id,
             "interfaces": {
                 name: {
-                    "role": role.value,
+                    "role": self.policy.role_name(name),
                     "present": self.links.get(name, DOWN).present,
                     "up": self.links.get(name, DOWN).up,
                     "vif": self.table.vifs[name].index if name in self.table.vifs else None,
                     "address": str(self.addresses.get(name) or ""),
                 }
-                for name, role in self.policy.roles.items()
+                for name in self.policy.roles
             },
             "queriers": {name: q.snapshot() for name, q in self.queriers.items()},
             "upstream": [

@@ -44,7 +44,8 @@ class Querier(GroupTable):
 
     ``version`` is the highest version spoken (IGMP 1-3, MLD 1-2); ``family`` is
     ``socket.AF_INET``/``AF_INET6`` (4 and 6 are accepted too). ``ssm_range`` is one
-    network or several; None means 232/8 or ff30::/12, an empty tuple disables SSM rules.
+    network or several; None means RFC 4607's ranges (232/8, or ff3x::/32 for every scope
+    x), an empty tuple disables SSM rules.
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class Querier(GroupTable):
 
     def _ssm_networks(self, ssm_range: Any) -> tuple[Network, ...]:
         if ssm_range is None:
-            return (self._fam.default_ssm,)
+            return self._fam.default_ssm
         items = [ssm_range] if isinstance(ssm_range, str | IPv4Network | IPv6Network) else ssm_range
         nets = tuple(ip_network(n) for n in items)
         for net in nets:

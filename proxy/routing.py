@@ -29,7 +29,15 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proxy.config import FilterBinding, Instance, Network, Selection, SelectionRecord
+from proxy.config import (
+    FilterBinding,
+    Instance,
+    Network,
+    Selection,
+    SelectionRecord,
+    is_wildcard,
+    wildcard_matches,
+)
 from proxy.membership import NO_INTEREST, MembershipState, merge
 from proxy.messages import Address, FilterMode
 
@@ -173,7 +181,15 @@ Chooser = Callable[[str, Address | None, Address], frozenset]
 
 
 class Policy:
-    """Forwarding and subscription decisions of one proxy instance."""
+    """Forwarding and subscription decisions of one proxy instance.
+
+    An interface listed as upstream and downstream (mcproxy's peering idiom, OpenWrt's
+    default ``pinstance A: ap a1 ==> ap a2;``) is, as in mcproxy's runtime, one vif with
+    both roles: a downstream (its querier; data arriving on it is a local source's, and
+    accepted if either role's ``in`` filter accepts it) and an upstream (it holds host
+    memberships and takes part in rule matching; never chosen for data that came from it).
+    ``roles`` gives it ``DOWNSTREAM``; ``also_upstream`` holds such interfaces.
+    """
 
     def __init__(self, cfg: Instance) -> None:
         self.cfg = cfg
@@ -184,15 +200,53 @@ class Policy:
             self.roles[name] = Role.DOWNSTREAM
         for name in cfg.peerings:
             self.roles[name] = Role.PEERING
+        self.also_upstream: set[str] = set(cfg.upstreams) & set(cfg.downstreams)
+        # Wildcards (eth+, ppp*) are not interfaces: matching ones are adopted at runtime.
+        self.patterns = {n for n in self.roles if is_wildcard(n)}
+        for name in self.patterns:
+            del self.roles[name]
+        self.also_upstream -= self.patterns
+
+    def pattern_roles(self, ifname: str) -> tuple[Role, bool] | None:
+        """(role, also upstream) that a new interface takes from the wildcards it matches."""
+        if ifname in self.roles:
+            return None
+        up = any(wildcard_matches(p, ifname) for p in self.cfg.upstreams)
+        down = any(wildcard_matches(p, ifname) for p in self.cfg.downstreams)
+        if down:
+            return Role.DOWNSTREAM, up
+        if up:
+            return Role.UPSTREAM, False
+        if any(wildcard_matches(p, ifname) for p in self.cfg.peerings):
+            return Role.PEERING, False
+        return None
+
+    def adopt(self, ifname: str, role: Role, also_upstream: bool) -> None:
+        self.roles[ifname] = role
+        if also_upstream:
+            self.also_upstream.add(ifname)
 
     def add_downstream(self, ifname: str) -> None:
         self.roles[ifname] = Role.DOWNSTREAM
 
     def remove(self, ifname: str) -> None:
         self.roles.pop(ifname, None)
+        self.also_upstream.discard(ifname)
 
     def names(self, role: Role) -> list[str]:
-        return [n for n, r in self.roles.items() if r is role]
+        return [
+            n
+            for n, r in self.roles.items()
+            if r is role or (role is Role.UPSTREAM and n in self.also_upstream)
+        ]
+
+    def is_upstream(self, ifname: str) -> bool:
+        return self.roles.get(ifname) is Role.UPSTREAM or ifname in self.also_upstream
+
+    def role_name(self, ifname: str) -> str:
+        if ifname in self.also_upstream:
+            return "upstream+downstream"
+        return self.roles[ifname].value
 
     def _binding(self, role: Role, ifname: str, direction: str) -> FilterBinding | None:
         if role is Role.PEERING:
@@ -213,7 +267,13 @@ class Policy:
     def accepts(self, iif: str, source: Address, group: Address) -> bool:
         """Whether data arriving on ``iif`` passes its ``in`` filter."""
         role = self.roles.get(iif)
-        return role is not None and self._allows(role, iif, "in", source, group, iif)
+        if role is None:
+            return False
+        if iif in self.also_upstream:
+            return self._allows(Role.UPSTREAM, iif, "in", source, group, iif) or self._allows(
+                Role.DOWNSTREAM, iif, "in", source, group, iif
+            )
+        return self._allows(role, iif, "in", source, group, iif)
 
     def oifs(
         self,
@@ -247,7 +307,7 @@ class Policy:
             ups = [
                 u
                 for u in self.names(Role.UPSTREAM)
-                if self._allows(Role.UPSTREAM, u, "out", source, group, iif)
+                if u != iif and self._allows(Role.UPSTREAM, u, "out", source, group, iif)
             ]
             mode, _ = self.rule_matching("out")
             out |= set(ups if mode == "all" else ups[:1])

@@ -18,7 +18,8 @@ mcproxy's keywords (``in``, ``out``, ``table``, ...) must be quoted to be used a
 
     protocol IGMPv1 | IGMPv2 | IGMPv3 | MLDv1 | MLDv2;
     table NAME { RULE ... };
-    pinstance NAME[(TABLE_ID)]: UPSTREAM ... ==> DOWNSTREAM ...;
+    pinstance NAME[(TABLE_ID)]: [UPSTREAM ...] ==> DOWNSTREAM ...;   # IF may be eth+ or ppp*
+    disable;
     pinstance NAME upstream|downstream IF|* in|out whitelist|blacklist TABLE;
     pinstance NAME upstream * in|out rulematching first | all | mutex MILLISECONDS;
     # extensions of this project
@@ -47,9 +48,20 @@ Durations are seconds: ``125``, ``125s``, ``500ms``, ``1.5s``.
 Defaults (what other modules rely on):
 
 - protocol IGMPv3 when absent; ``Config.family`` 4 or 6 and ``Config.version`` follow it.
-- Table ids: a lone instance without an id uses the kernel's default multicast table
-  (``DEFAULT_TABLE``: 253 for IPv4, 254 for IPv6), as mcproxy does; with several instances,
-  each one without an id gets 1000, 1001, ... in file order, skipping explicit ids.
+- Table ids, as mcproxy numbers them: a lone instance without an id uses the kernel's
+  default multicast table (``DEFAULT_TABLE``: 253 for IPv4, 254 for IPv6); with several
+  instances, taken sorted by name, one without an id gets the previous instance's id + 1
+  (starting at 1), so counting continues after an explicit id (ids in use are skipped).
+- Interface wildcards (our extension): a name ending in ``+`` (iptables) or ``*`` stands
+  for every interface whose name starts with what comes before it; matching interfaces
+  join the instance in that role when they appear and leave it when they disappear. A
+  filter binding may name a wildcard; one naming the interface itself wins.
+- Like mcproxy: the last ``protocol`` line wins; an instance may have no upstream (a
+  querier-only instance); an interface may be upstream and downstream of one instance
+  (one vif: its querier and its host memberships, data from it treated as from a
+  downstream, filters of both roles) and may be used by several instances; a name listed
+  twice in one list counts once. ``disable;`` ends the file: ``parse`` raises
+  ``ConfigDisabled`` after checking the statements before it.
 - rulematching (mcproxy's defaults): ``in`` = first, ``out`` = all.
 - An interface without a filter binding lets everything through (mcproxy's default).
 - Downstream version = the protocol's version; querier election on.
@@ -105,9 +117,12 @@ from proxy.config.model import (
     DEFAULT_TABLE,
     PROTOCOLS,
     Config,
+    ConfigDisabled,
     ConfigError,
     DownstreamOptions,
     Instance,
+    is_wildcard,
+    wildcard_matches,
 )
 from proxy.config.render import render
 from proxy.config.rules import (
@@ -147,6 +162,7 @@ __all__ = [
     "AddressMatch",
     "Candidate",
     "Config",
+    "ConfigDisabled",
     "ConfigError",
     "DownstreamOptions",
     "FilterBinding",
@@ -160,7 +176,9 @@ __all__ = [
     "Table",
     "Takeover",
     "Timers",
+    "is_wildcard",
     "load",
     "parse",
     "render",
+    "wildcard_matches",
 ]

@@ -18,10 +18,13 @@ from proxy.config.model import (
     MAX_VERSION,
     PROTOCOLS,
     Config,
+    ConfigDisabled,
     ConfigError,
     DownstreamOptions,
     Instance,
     assign_table_ids,
+    is_wildcard,
+    wildcard_matches,
 )
 from proxy.config.tokens import Token
 from proxy.messages import Address
@@ -61,7 +64,7 @@ class Builder:
         self.protocol = DEFAULT_PROTOCOL
         self.family, self.version = PROTOCOLS[DEFAULT_PROTOCOL]
         self.drafts: dict[str, _InstanceDraft] = {}
-        self.owners: dict[str, tuple[str, str, Token]] = {}
+        self.owners: dict[str, list[tuple[str, str, Token]]] = {}
         self.raw_tables: dict[str, st.TableStmt] = {}
         self.tables: dict[str, rules.Table] = {}
 
@@ -70,13 +73,10 @@ class Builder:
 
     def build(self) -> Config:
         # Protocol first because it fixes the address family every later check needs.
+        # mcproxy reads the file in order and the last protocol line wins.
         protocols = [s for s in self.stmts if isinstance(s, st.ProtocolStmt)]
-        if len(protocols) > 1:
-            raise self.error(
-                protocols[1].kw, f"protocol is already set on line {protocols[0].kw.line}"
-            )
         if protocols:
-            self.protocol = protocols[0].protocol
+            self.protocol = protocols[-1].protocol
             self.family, self.version = PROTOCOLS[self.protocol]
         # Definitions before uses, so a statement may name an instance or table that the
         # file defines further down.
@@ -109,28 +109,38 @@ class Builder:
 
     # instances
     def claim(self, inst: str, role: str, name: st.Name) -> None:
-        owner = self.owners.get(name.text)
-        if owner is None:
-            self.owners[name.text] = (inst, role, name.tok)
-            return
-        other, other_role, tok = owner
-        if other != inst:
-            msg = f"interface '{name.text}' already belongs to instance '{other}' (line {tok.line})"
-        elif other_role == role:
-            msg = f"interface '{name.text}' is listed twice in instance '{inst}'"
-        else:
-            msg = f"interface '{name.text}' is both {other_role} and {role} of instance '{inst}'"
-        raise self.error(name.tok, msg)
+        """Record that ``inst`` uses ``name`` as ``role``.
+
+        As in mcproxy, an interface may be upstream and downstream of one instance and
+        may be used by several instances. A peering interface (our extension) is neither.
+        """
+        for other, other_role, tok in self.owners.get(name.text, []):
+            if "peering" not in (role, other_role):
+                continue
+            if other == inst and other_role == role:
+                msg = f"interface '{name.text}' is listed twice in instance '{inst}'"
+            elif other == inst:
+                msg = (
+                    f"interface '{name.text}' is both {other_role} and {role} of instance '{inst}'"
+                )
+            else:
+                msg = (
+                    f"interface '{name.text}' is {other_role} of instance '{other}' "
+                    f"(line {tok.line}) and cannot also be {role} of instance '{inst}'"
+                )
+            raise self.error(name.tok, msg)
+        self.owners.setdefault(name.text, []).append((inst, role, name.tok))
 
     def define(self, s: st.InstanceStmt) -> None:
         name = s.name.text
         if name in self.drafts:
             line = self.drafts[name].stmt.name.tok.line
             raise self.error(s.name.tok, f"instance '{name}' is already defined on line {line}")
-        if not s.upstreams:
-            raise self.error(s.arrow, f"instance '{name}' has no upstream interface before '==>'")
+        # No upstream is mcproxy's querier-only instance; at least one downstream it needs.
         if not s.downstreams:
             raise self.error(s.arrow, f"instance '{name}' has no downstream interface after '==>'")
+        # A name listed twice in one list is used once, as mcproxy does.
+        s = replace(s, upstreams=_unique(s.upstreams), downstreams=_unique(s.downstreams))
         for up in s.upstreams:
             self.claim(name, "upstream", up)
         for down in s.downstreams:
@@ -153,7 +163,7 @@ class Builder:
 
     def assign_table_ids(self) -> None:
         drafts = list(self.drafts.values())
-        ids = assign_table_ids([d.table_id for d in drafts], self.family)
+        ids = assign_table_ids([(d.name, d.table_id) for d in drafts], self.family)
         for draft, table_id in zip(drafts, ids, strict=True):
             draft.table_id = table_id
 
@@ -167,7 +177,8 @@ class Builder:
         if ifname.wildcard:
             return
         members = draft.stmt.upstreams if role == "upstream" else draft.stmt.downstreams
-        if ifname.text not in {m.text for m in members}:
+        names = {m.text for m in members}
+        if ifname.text not in names and not any(wildcard_matches(n, ifname.text) for n in names):
             article = "an" if role == "upstream" else "a"
             raise self.error(
                 ifname.tok,
@@ -221,6 +232,12 @@ class Builder:
     def selection(self, d: _InstanceDraft) -> sel.Selection | None:
         if d.selection_kw is None:
             return None
+        for up in d.stmt.upstreams:
+            if is_wildcard(up.text):
+                raise self.error(
+                    up.tok,
+                    f"upstream selection needs named upstreams, not the wildcard '{up.text}'",
+                )
         if "in" in d.rule_matching:
             tok = d.rule_matching["in"][1]
             raise self.error(
@@ -478,9 +495,24 @@ class Builder:
     }
 
 
+def _unique(names: tuple[st.Name, ...]) -> tuple[st.Name, ...]:
+    seen: dict[str, st.Name] = {}
+    for n in names:
+        seen.setdefault(n.text, n)
+    return tuple(seen.values())
+
+
 def parse(text: str, path: str = "<string>") -> Config:
-    """Parse configuration text; ``path`` only names it in errors."""
-    return Builder(path, Parser(text, path).statements()).build()
+    """Parse configuration text; ``path`` only names it in errors.
+
+    A file that says ``disable;`` raises ``ConfigDisabled`` once the statements before it
+    are checked (mcproxy reads up to it and stops).
+    """
+    parser = Parser(text, path)
+    cfg = Builder(path, parser.statements()).build()
+    if parser.disabled is not None:
+        raise ConfigDisabled(path, parser.disabled.line)
+    return cfg
 
 
 def load(path: str | os.PathLike[str]) -> Config:

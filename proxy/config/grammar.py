@@ -89,6 +89,7 @@ class Parser:
         self.path = path
         self.toks = tokenize(text, path)
         self.pos = 0
+        self.disabled: Token | None = None  # the 'disable' statement, if the file has one
 
     # helpers
     @property
@@ -163,6 +164,8 @@ class Parser:
                     t, f"expected {what}, found keyword {t.shown} (quote it to use it as a name)"
                 )
             text, first = self.glue(NAME_GLUE)
+            if self.tok.kind in ("+", "*") and self.tok.start == self.prev.end:
+                text += self.advance().text  # an interface wildcard: eth+, ppp*
             return Name(text, first)
         raise self.expected(what)
 
@@ -195,10 +198,16 @@ class Parser:
             if t.kind == ";":  # an empty statement, which mcproxy skips as well
                 self.advance()
                 continue
+            if self.is_kw(t, "disable"):
+                # mcproxy's off switch: it stops reading here and the daemon does not run.
+                self.disabled = t
+                return result
             handler = _STATEMENTS.get(t.text.lower()) if t.kind == "word" else None
             if handler is None:
                 raise self.error(
-                    t, f"unknown statement {t.shown} (expected {_alternatives(list(_STATEMENTS))})"
+                    t,
+                    f"unknown statement {t.shown} "
+                    f"(expected {_alternatives([*_STATEMENTS, 'disable'])})",
                 )
             self.advance()
             result.append(handler(self, t))

@@ -23,30 +23,37 @@ DEFAULT_PROTOCOL = "IGMPv3"
 #: The kernel's own multicast routing table per family: RT_TABLE_DEFAULT for ipmr,
 #: RT6_TABLE_DFLT (= RT_TABLE_MAIN) for ip6mr. A lone instance without an id lives there.
 DEFAULT_TABLE: dict[int, int] = {4: 253, 6: 254}
-AUTO_TABLE_BASE = 1000
+#: mcproxy numbers the instances without an explicit id from here (proxy.cpp).
+AUTO_TABLE_BASE = 1
 #: MRT_TABLE / MRT6_TABLE refuse ids whose "pimreg%u" / "pim6reg%u" name would not fit IFNAMSIZ.
 MAX_TABLE_ID = {4: 999_999_999, 6: 99_999_999}
 MAX_VERSION = {4: 3, 6: 2}
 
 
-def assign_table_ids(ids: list[int | None], family: int) -> list[int]:
-    """Kernel table ids of the instances in file order; ``None`` marks an implicit one.
+def assign_table_ids(instances: list[tuple[str, int | None]], family: int) -> list[int]:
+    """Kernel table ids of ``(name, explicit id or None)`` instances, in the given order.
 
-    A lone implicit instance gets ``DEFAULT_TABLE``; otherwise implicit ones get
-    ``AUTO_TABLE_BASE``, +1, ... skipping the explicit ids.
+    mcproxy's numbering (``proxy::start_proxy_instances``): a lone instance without an id
+    uses the kernel's default table (``DEFAULT_TABLE``); otherwise the instances are taken
+    sorted by name, a counter starts at 0, an explicit id sets the counter to that id and
+    an instance without one gets the counter plus one. mcproxy would silently drop an
+    instance whose counted id equals an explicit one; here the count skips ids in use.
     """
-    if ids == [None]:
+    if len(instances) == 1 and instances[0][1] is None:
         return [DEFAULT_TABLE[family]]
-    taken = {i for i in ids if i is not None}
-    result, next_id = [], AUTO_TABLE_BASE
-    for table_id in ids:
-        if table_id is None:
-            while next_id in taken:
-                next_id += 1
-            table_id = next_id
-            taken.add(table_id)
-        result.append(table_id)
-    return result
+    taken = {i for _, i in instances if i is not None}
+    by_name: dict[str, int] = {}
+    counter = AUTO_TABLE_BASE - 1
+    for name, table_id in sorted(instances, key=lambda e: e[0].encode()):
+        if table_id is not None:
+            counter = table_id
+        else:
+            counter += 1
+            while counter in taken:
+                counter += 1
+            taken.add(counter)
+        by_name[name] = table_id if table_id is not None else counter
+    return [by_name[name] for name, _ in instances]
 
 
 class ConfigError(Exception):
@@ -61,6 +68,28 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
+
+def is_wildcard(name: str) -> bool:
+    """``eth+`` (iptables) or ``ppp*``: a pattern for interfaces that come and go."""
+    return len(name) > 1 and name[-1] in "+*"
+
+
+def wildcard_matches(pattern: str, ifname: str) -> bool:
+    """Whether interface ``ifname`` matches ``pattern`` (a name that starts with its stem)."""
+    return is_wildcard(pattern) and ifname.startswith(pattern[:-1]) and ifname != pattern
+
+
+class ConfigDisabled(Exception):
+    """The file says ``disable;``: mcproxy's switch to not run the proxy at all."""
+
+    def __init__(self, path: str, line: int) -> None:
+        super().__init__(path, line)
+        self.path = path
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: 'disable;' - this file disables the proxy"
 
 
 @dataclass(frozen=True)
@@ -157,15 +186,18 @@ class Instance:
         return None
 
     def filter_for(self, role: str, ifname: str, direction: str) -> FilterBinding | None:
-        """The binding for this interface; one naming the interface beats one for ``*``."""
-        wildcard = None
+        """The binding for this interface; one naming the interface beats one naming a
+        wildcard it matches (``eth+``), which beats one for ``*``."""
+        wildcard = pattern = None
         for binding in self.filters:
             if binding.role == role and binding.direction == direction:
                 if binding.ifname == ifname:
                     return binding
                 if binding.ifname == "*":
                     wildcard = binding
-        return wildcard
+                elif pattern is None and wildcard_matches(binding.ifname, ifname):
+                    pattern = binding
+        return pattern or wildcard
 
     def allows(
         self,
@@ -210,7 +242,9 @@ class Config:
             raise ValueError(f"unknown protocol {protocol!r} (expected one of {list(PROTOCOLS)})")
         family, version = PROTOCOLS[protocol]
         given = tuple(instances)
-        ids = assign_table_ids([i.table_id if i.table_id_explicit else None for i in given], family)
+        ids = assign_table_ids(
+            [(i.name, i.table_id if i.table_id_explicit else None) for i in given], family
+        )
         built = tuple(
             replace(
                 inst,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from proxy.config.model import ConfigError
 
-_PUNCT = frozenset(";:.(){}|*/-")
+_PUNCT = frozenset(";:.(){}|*/-+")
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 #: mcproxy's scanner turns these into keyword tokens, so unquoted they were never names
 #: there; keeping them reserved lets a forgotten ';' be reported where it is.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -14,6 +15,7 @@ from proxy.config import (
     AddressMatch,
     Candidate,
     Config,
+    ConfigDisabled,
     ConfigError,
     DownstreamOptions,
     FilterBinding,
@@ -28,6 +30,7 @@ from proxy.config import (
     load,
     parse,
     render,
+    wildcard_matches,
 )
 from proxy.timers import MOBILITY, Timers
 
@@ -217,16 +220,74 @@ def test_lone_ipv6_instance_without_id_uses_the_ipv6_default_table():
     assert c.instances[0].table_id == DEFAULT_TABLE[6] == 254
 
 
-def test_instances_without_id_get_distinct_ids_from_1000_skipping_explicit_ones():
+def test_instances_without_id_are_numbered_like_mcproxy_by_name_after_explicit_ids():
+    # proxy.cpp: sorted by name (a, b, c, d, e); explicit ids set the counter.
     c = parse(
+        "pinstance d: d0 ==> d1;\n"
+        "pinstance b(10): b0 ==> b1;\n"
         "pinstance a: a0 ==> a1;\n"
-        "pinstance b(1000): b0 ==> b1;\n"
+        "pinstance e: e0 ==> e1;\n"
         "pinstance c: c0 ==> c1;\n"
-        "pinstance d(7): d0 ==> d1;\n"
     )
     ids = [(i.name, i.table_id, i.table_id_explicit) for i in c.instances]
-    assert ids == [("a", 1001, False), ("b", 1000, True), ("c", 1002, False), ("d", 7, True)]
+    assert ids == [
+        ("d", 12, False),
+        ("b", 10, True),
+        ("a", 1, False),
+        ("e", 13, False),
+        ("c", 11, False),
+    ]
     assert parse(render(c)) == c
+
+
+def test_counted_table_id_skips_an_explicit_id_instead_of_colliding():
+    c = parse("pinstance a: a0 ==> a1;\npinstance b(1): b0 ==> b1;\npinstance c: c0 ==> c1;")
+    assert [i.table_id for i in c.instances] == [2, 1, 3]
+
+
+def test_lone_instance_without_id_uses_the_default_table_and_byte_order_sorts_names():
+    assert parse("protocol MLDv2; pinstance z: a ==> b;").instances[0].table_id == 254
+    c = parse("pinstance b: x ==> y;\npinstance B: u ==> v;\npinstance a: p ==> q;")
+    assert {i.name: i.table_id for i in c.instances} == {"B": 1, "a": 2, "b": 3}
+
+
+def test_interface_may_be_upstream_and_downstream_of_one_instance():
+    c = parse(
+        "pinstance A: ap a1 ==> ap a2;\npinstance A downstream ap in blacklist table {(*|*)};"
+    )
+    a = c.instance("A")
+    assert (a.upstreams, a.downstreams) == (("ap", "a1"), ("ap", "a2"))
+    assert a.filter_for("downstream", "ap", "in").kind == "blacklist"
+    assert parse(render(c)) == c
+
+
+def test_instance_without_upstream_is_querier_only():
+    c = parse('protocol IGMPv3;\npinstance lma(1): ==> "lma-eth0" "lma-eth1";')
+    lma = c.instance("lma")
+    assert (lma.upstreams, lma.downstreams, lma.table_id) == ((), ("lma-eth0", "lma-eth1"), 1)
+    assert parse(render(c)) == c
+
+
+def test_interface_shared_by_instances_and_names_listed_twice_are_used_once():
+    c = parse("pinstance a: x ==> y;\npinstance b: u ==> y v v;")
+    assert [(i.upstreams, i.downstreams) for i in c.instances] == [
+        (("x",), ("y",)),
+        (("u",), ("y", "v")),
+    ]
+
+
+def test_last_protocol_line_wins():
+    c = parse("protocol IGMPv3;\nprotocol MLDv2;\npinstance p: a ==> b;")
+    assert (c.protocol, c.family, c.version) == ("MLDv2", 6, 2)
+
+
+def test_disable_stops_reading_and_raises_config_disabled():
+    with pytest.raises(ConfigDisabled) as info:
+        parse("protocol IGMPv3;\n\ndisable; # off\npinstance a: x ==> y;\nnonsense here;", "m.conf")
+    assert str(info.value) == "m.conf:3: 'disable;' - this file disables the proxy"
+    # Statements before it are still checked, as mcproxy does.
+    with pytest.raises(ConfigError):
+        parse("protocol IGMPv4;\ndisable;")
 
 
 # --- errors: one line, exact position ---------------------------------------------------
@@ -245,7 +306,7 @@ ERRORS = [
     ("protocol MLDv2 x;", "t.conf:1:16: expected ';', found 'x'"),
     (
         "pinstanc a: x ==> y;",
-        "t.conf:1:1: unknown statement 'pinstanc' (expected 'protocol', 'table' or 'pinstance')",
+        "t.conf:1:1: unknown statement 'pinstanc' (expected 'protocol', 'table', 'pinstance' or 'disable')",
     ),
     (
         "protocol MLDv3;",
@@ -287,23 +348,14 @@ ERRORS = [
         "t.conf:2:11: instance 'a' is already defined on line 1",
     ),
     (
-        "pinstance a: x ==> y;\npinstance b: u ==> y;",
-        "t.conf:2:20: interface 'y' already belongs to instance 'a' (line 1)",
-    ),
-    ("pinstance a: x ==> y z y;", "t.conf:1:24: interface 'y' is listed twice in instance 'a'"),
-    (
-        "pinstance a: x ==> y x;",
-        "t.conf:1:22: interface 'x' is both upstream and downstream of instance 'a'",
-    ),
-    (
         "pinstance a: x ==> y;\npinstance a peering z y;",
         "t.conf:2:23: interface 'y' is both downstream and peering of instance 'a'",
     ),
     (
         "pinstance a: x ==> y;\npinstance b: u ==> v;\npinstance b peering x;",
-        "t.conf:3:21: interface 'x' already belongs to instance 'a' (line 1)",
+        "t.conf:3:21: interface 'x' is upstream of instance 'a' (line 1) "
+        "and cannot also be peering of instance 'b'",
     ),
-    ("pinstance a: ==> y;", "t.conf:1:14: instance 'a' has no upstream interface before '==>'"),
     ("pinstance a: x ==> ;", "t.conf:1:16: instance 'a' has no downstream interface after '==>'"),
     (
         "pinstance a(0): x ==> y;",
@@ -320,10 +372,6 @@ ERRORS = [
     (
         "pinstance a(5): x ==> y;\npinstance b(5): u ==> v;",
         "t.conf:2:13: table id 5 is already used by instance 'a' (line 1)",
-    ),
-    (
-        "protocol MLDv2;\nprotocol MLDv2;",
-        "t.conf:2:1: protocol is already set on line 1",
     ),
     # addresses and tables
     (
@@ -837,3 +885,25 @@ def test_built_rule_matching_and_filters_read_back_equal():
 def test_config_build_refuses_an_unknown_protocol():
     with pytest.raises(ValueError, match="unknown protocol"):
         Config.build([], protocol="MLDv3")
+
+
+def test_interface_wildcards_are_names_and_filters_on_them_apply_to_matches():
+    c = parse(
+        'protocol MLDv2; pinstance p: eth+ ==> ppp* "tap+";\n'
+        "pinstance p downstream ppp* out whitelist table {(ff0e::/16 | *)};\n"
+        "pinstance p downstream ppp7 out blacklist table {(* | *)};\n",
+    )
+    p = c.instance("p")
+    assert (p.upstreams, p.downstreams) == (("eth+",), ("ppp*", "tap+"))
+    assert p.filter_for("downstream", "ppp0", "out").kind == "whitelist"
+    assert p.filter_for("downstream", "ppp7", "out").kind == "blacklist"  # its own name wins
+    assert p.filter_for("downstream", "tap0", "out") is None
+    assert parse(render(c)) == c
+    # As iptables: every name that starts with the stem, the stem itself too.
+    names = ("eth0", "eth", "eth0.100", "veth0", "et")
+    assert [wildcard_matches("eth+", n) for n in names] == [True, True, True, False, False]
+
+
+def test_upstream_selection_refuses_wildcard_upstreams():
+    with pytest.raises(ConfigError, match=re.escape("not the wildcard 'tun+'")):
+        parse("protocol MLDv2; pinstance p: tun+ ==> d1; pinstance p upstream * overlap 1s;")

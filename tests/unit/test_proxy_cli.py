@@ -22,9 +22,10 @@ def pymcproxy(*args: str) -> subprocess.CompletedProcess:
 def test_check_accepts_a_valid_file(tmp_path):
     conf = tmp_path / "ok.conf"
     conf.write_text('protocol MLDv2;\npinstance mag1(3): "up0" ==> "d1" "d2";\n')
-    res = pymcproxy("-c", str(conf))
-    assert res.returncode == 0, res.stderr
-    assert "ok (MLDv2, 1 instance(s))" in res.stdout
+    for args in (["-t", "-f", str(conf)], ["--check", str(conf)], ["-t", str(conf)]):
+        res = pymcproxy(*args)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == f"{conf}: ok (MLDv2, 1 instance(s))\n"
 
 
 def test_check_rejects_a_bad_file_with_file_line_and_column(tmp_path):
@@ -32,7 +33,7 @@ def test_check_rejects_a_bad_file_with_file_line_and_column(tmp_path):
     conf.write_text(
         "protocol MLDv2;\npinstance mag1: up0 ==> d1;\npinstance mag1 upstream up0 in whitelist table nosuch;\n"
     )
-    res = pymcproxy("-c", str(conf))
+    res = pymcproxy("-t", "-f", str(conf))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{conf}:3:"), res.stderr
@@ -76,3 +77,57 @@ def test_ctl_without_a_daemon_is_one_line(tmp_path):
     res = pymcproxy("ctl", "--socket", str(tmp_path / "none.sock"), "show")
     assert res.returncode == 1
     assert res.stderr.startswith("error: cannot reach pymcproxy") and res.stderr.count("\n") == 1
+
+
+def test_disable_exits_0_with_one_line_in_check_and_run_mode(tmp_path):
+    conf = tmp_path / "off.conf"
+    conf.write_text("protocol IGMPv3;\ndisable;\npinstance p: a ==> b;\n")
+    for args in (["-t", "-f", str(conf)], ["-f", str(conf), "--ctl", str(tmp_path / "c.sock")]):
+        res = pymcproxy(*args)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == f"{conf}:2: 'disable;' - this file disables the proxy\n"
+        assert res.stderr == ""
+    assert not (tmp_path / "c.sock").exists()
+
+
+def test_help_lists_mcproxy_flags_with_their_meanings():
+    res = pymcproxy("-h")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for flag, words in {
+        "-f FILE, --file FILE": "configuration file",
+        "-t [FILE], --check [FILE]": "only check the configuration",
+        "-d, --debug": "debug logging",
+        "-v, --verbose": "twice (-vv)",
+        "-s, --status": "every 2 seconds",
+        "-c, --check-kernel": "kernel features",
+        "-r, --reset-rp-filter": "reverse path filter",
+        "--pidfile PATH": "pid",
+        "--syslog": "syslog",
+    }.items():
+        assert flag in text and words in text, (flag, text)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_check_kernel_prints_mcproxy_style_feature_lines_and_exits_0():
+    # In a network namespace of its own, so no table of this host is touched.
+    cmd = ["unshare", "-n", sys.executable, "-m", "proxy", "-c"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "Check the currently available kernel features."
+    assert " - root privileges: Ok" in lines
+    for fam in ("ipv4", "ipv6"):
+        assert f" - {fam} multicast routing: Ok" in lines
+        assert f" - {fam} routing tables: Ok" in lines
+        assert f" - {fam} multiple tables: Ok" in lines
+
+
+def test_bad_ssm_range_is_one_line_and_exit_2(tmp_path):
+    conf = tmp_path / "p.conf"
+    conf.write_text("protocol MLDv2;\npinstance p: up0 ==> d1;\n")
+    res = pymcproxy("-f", str(conf), "--ssm-range", "232.0.0.0/8")
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip().splitlines()[-1].endswith("232.0.0.0/8 is not an IPv6 multicast prefix")
+    )
