@@ -66,8 +66,8 @@ $(STAMP): pyproject.toml
 	  echo "recreating .venv without system site packages"; rm -rf .venv; fi
 	@if [ ! -x $(PY) ]; then \
 	  $(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory sysdeps SYSPKGS=python3-venv; \
-	  $(PYTHON) -m venv .venv && $(PY) -m pip install -q --disable-pip-version-check --upgrade pip; fi
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[lab,dev]'
+	  $(PYTHON) -m venv .venv; fi
+	$(PY) -m pip install -q --disable-pip-version-check --use-pep517 -e '.[lab,dev]'
 	$(LINK_MININET)
 	@touch $@
 
