@@ -1,10 +1,10 @@
 """Uncertainty of the report's numbers: bootstrap intervals over runs, paired Wilcoxon tests.
 
-A run is the unit of replication: every interval resamples whole runs (with all of their
-receivers' values) with replacement, so values of one run never count as independent
-evidence. Peering on and off runs with the same run index share a seed (the same drawn link
-delays), so on/off comparisons are paired by seed and tested with the Wilcoxon signed-rank
-test (`scipy.stats.wilcoxon`, two-sided).
+A run is the unit of replication: every interval resamples whole runs with replacement (a
+run's receivers or packets are never counted as independent evidence). Peering on and off
+runs with the same run index share a seed (the same drawn link delays), so on/off
+comparisons are paired by seed and tested with the Wilcoxon signed-rank test
+(`scipy.stats.wilcoxon`, two-sided).
 """
 
 from __future__ import annotations
@@ -58,47 +58,60 @@ class Interval:
 NO_INTERVAL = Interval(math.nan, math.nan, math.nan, 0)
 
 
-def _median(values: np.ndarray) -> float:
-    return float(np.median(values))
+def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    return v[~np.isnan(v)]
+
+
+def _interval(statistic, data: tuple, vectorized: bool, n_resamples: int, seed: int):
+    ci = stats.bootstrap(
+        data,
+        statistic,
+        vectorized=vectorized,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def bootstrap(
+    per_run: Sequence[float] | np.ndarray, *, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> Interval:
+    """Median over runs of one number per run, with its 95 % percentile-bootstrap interval
+    (`scipy.stats.bootstrap`, runs resampled with replacement). NaN runs are left out."""
+    v = _clean(per_run)
+    if len(v) == 0:
+        return NO_INTERVAL
+    value = float(np.median(v))
+    if len(v) == 1:
+        return Interval(value, value, value, 1)
+    low, high = _interval(np.median, (v,), True, n_resamples, seed)
+    return Interval(value, low, high, len(v))
+
+
+def pooled_bootstrap(
     runs: Sequence[np.ndarray | Sequence[float]],
-    statistic: Statistic = _median,
+    statistic: Statistic,
     *,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> Interval:
-    """`statistic` of the pooled values of `runs` and its 95 % interval over runs.
-
-    `runs` holds one array per run (NaN values are dropped, runs left empty are not
-    counted). The interval is the percentile bootstrap of `scipy.stats.bootstrap`, each
-    resample drawing whole runs with replacement and pooling their values.
-    """
-    clusters = [np.asarray(r, dtype=float) for r in runs]
-    clusters = [c[~np.isnan(c)] for c in clusters]
-    clusters = [c for c in clusters if len(c)]
-    n = len(clusters)
-    if n == 0:
+    """`statistic` of the pooled values of `runs` (one array per run), with its interval:
+    each resample draws whole runs with replacement and pools their values."""
+    clusters = [c for c in (_clean(r) for r in runs) if len(c)]
+    if not clusters:
         return NO_INTERVAL
     value = float(statistic(np.concatenate(clusters)))
-    if n == 1:
+    if len(clusters) == 1:
         return Interval(value, value, value, 1)
 
     def resampled(index: np.ndarray) -> float:
         return float(statistic(np.concatenate([clusters[int(i)] for i in index])))
 
-    result = stats.bootstrap(
-        (np.arange(n),),
-        resampled,
-        vectorized=False,
-        n_resamples=n_resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    ci = result.confidence_interval
-    return Interval(value, float(ci.low), float(ci.high), n)
+    low, high = _interval(resampled, (np.arange(len(clusters)),), False, n_resamples, seed)
+    return Interval(value, low, high, len(clusters))
 
 
 @dataclass(frozen=True)
@@ -122,8 +135,9 @@ def wilcoxon_p(off: Sequence[float], on: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value of paired samples (NaN without pairs)."""
     if len(off) == 0:
         return math.nan
+    if np.array_equal(np.asarray(off, dtype=float), np.asarray(on, dtype=float)):
+        return 1.0  # no difference at all (scipy: p = 1 with a warning, or an error for n=1)
     with warnings.catch_warnings():
-        # All differences zero: scipy returns p = 1 with a division warning.
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.wilcoxon(off, on).pvalue)
 
@@ -141,9 +155,9 @@ def paired(off: Mapping[object, float], on: Mapping[object, float]) -> Paired:
         off=x,
         on=y,
         p_value=wilcoxon_p(x, y),
-        off_interval=bootstrap([[v] for v in x]),
-        on_interval=bootstrap([[v] for v in y]),
-        difference=bootstrap([[v] for v in y - x]),
+        off_interval=bootstrap(x),
+        on_interval=bootstrap(y),
+        difference=bootstrap(y - x),
     )
 
 
@@ -162,5 +176,6 @@ __all__ = [
     "bootstrap",
     "format_p",
     "paired",
+    "pooled_bootstrap",
     "wilcoxon_p",
 ]
