@@ -56,7 +56,10 @@ def direct_group(root: Path, scenario: str, kind: str, peering: str) -> dict[str
                 window = [s for s, t in sent.items() if -500e6 <= t - handover[0] < 1000e6]
                 lost = len(set(window) - set(seq.tolist()))
                 missing.append(lost)
-                lost_ms.append(lost * 10.0)
+                # Send interval: the median send-time step of the sender (10 ms nominal).
+                order = sorted(sent)
+                steps = np.diff([sent[q] for q in order]) / np.diff(order)
+                lost_ms.append(lost * float(np.median(steps)) / 1e6)
     return {
         "median": float(np.median(delays)),
         "p95": float(np.percentile(delays, 95)),
