@@ -50,3 +50,31 @@ def test_the_daemon_runs_without_any_of_the_lab_packages():
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage" in proc.stdout.lower()
+
+
+def prerequisites(target: str) -> set[str]:
+    """The prerequisites `make` would build first for `target`, transitively."""
+    proc = subprocess.run(
+        ["make", "-pnq", "-f", "Makefile"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    rules: dict[str, set[str]] = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^([\w./-]+):(?!=)\s*(.*)$", line)
+        if m and not line.startswith(("#", "\t")):
+            deps = m.group(2).replace("|", " ").split()
+            rules.setdefault(m.group(1), set()).update(deps)
+    seen: set[str] = set()
+    todo = [target]
+    while todo:
+        for dep in rules.get(todo.pop(), set()) - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_analysis_targets_do_not_ask_for_root_or_apt():
+    for target in ("figures", "report", "lint", "install"):
+        deps = prerequisites(target)
+        assert not deps & {"sysdeps", "lab"}, (target, deps)
+    for target in ("experiment", "test", "bench", "topo", "list"):
+        assert "sysdeps" in prerequisites(target), target
