@@ -105,7 +105,7 @@ class Claim:
     @property
     def rule(self) -> str:
         """Where the paper's statement lies, one range per number."""
-        return ", ".join(c.allowed for c in self.checks)
+        return "; ".join(c.allowed for c in self.checks)
 
     @property
     def differing(self) -> list[Check]:
