@@ -301,12 +301,20 @@ def make_figures(
     goodput_json: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> FigureOutcome:
-    """Draw every figure whose inputs exist into `out_dir`; report the others as skipped."""
+    """Draw every figure whose inputs exist into `out_dir`; report the others as skipped.
+
+    A skipped figure's files from an earlier call are removed, so that `out_dir` never
+    mixes figures of these runs with figures of runs that are gone.
+    """
     outcome = FigureOutcome()
 
     def skip(name: str, reason: str) -> None:
         outcome.skipped.append((name, reason))
-        log(f"{name}: skipped: {reason}")
+        stale = [out_dir / f"{name}.{ext}" for ext in ("png", "pdf")]
+        removed = [path for path in stale if path.is_file()]
+        for path in removed:
+            path.unlink()
+        log(f"{name}: skipped: {reason}" + (" (old figure removed)" if removed else ""))
 
     if goodput_json is None or not goodput_json.is_file():
         skip(GOODPUT_NAME, f"{goodput_json or 'bench/goodput.json'} not found")

@@ -245,6 +245,12 @@ def test_figures_skip_missing_inputs(tmp_path: Path) -> None:
     }
     assert any("peering-on" in m for m in messages)
     assert not (tmp_path / "figures").exists()
+    # A figure left from runs that are gone is removed, not kept beside new ones.
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "fig04.png").write_bytes(b"old")
+    make_figures(load_runs(tmp_path), tmp_path / "figures", None, log=messages.append)
+    assert not (tmp_path / "figures" / "fig04.png").exists()
+    assert "fig04: skipped" in messages[-7] and "old figure removed" in messages[-7]
 
 
 def test_summary_table_and_cli(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
