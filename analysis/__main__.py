@@ -10,14 +10,16 @@ import sys
 from pathlib import Path
 
 from analysis.figures import make_figures
-from analysis.load import LoadError, load_runs
+from analysis.load import LoadError, Runs, load_runs
 from analysis.report import summary_table, write_report
 
 
 def _results_dir(raw: str) -> Path:
     path = Path(raw)
     if not path.is_dir():
-        raise LoadError(f"results directory {path} does not exist")
+        raise LoadError(
+            f"results directory {path} does not exist: run `make experiment SCENARIO=...` first"
+        )
     return path
 
 
@@ -26,10 +28,21 @@ def _note_excluded(excluded: list[tuple[str, str]]) -> None:
         print(f"excluded {path}: {reason}", file=sys.stderr)
 
 
+def _completed_runs(results: Path) -> Runs:
+    """The completed runs under `results`; none at all is an error (nothing to report on)."""
+    runs = load_runs(results)
+    if runs.empty:
+        excluded = f" ({len(runs.excluded)} incomplete or unreadable)" if runs.excluded else ""
+        raise LoadError(
+            f"no completed runs under {results}{excluded}: run `make experiment SCENARIO=...` first"
+        )
+    _note_excluded(runs.excluded)
+    return runs
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     results = _results_dir(args.results)
-    runs = load_runs(results)
-    _note_excluded(runs.excluded)
+    runs = _completed_runs(results)
     outcome = make_figures(runs, results / "figures", results / "bench" / "goodput.json")
     print(f"{len(outcome.written)} file(s) written, {len(outcome.skipped)} figure(s) skipped")
     return 0
@@ -37,8 +50,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     results = _results_dir(args.results)
-    runs = load_runs(results)
-    _note_excluded(runs.excluded)
+    runs = _completed_runs(results)
     path = write_report(runs, results, args.output)
     print(f"wrote {path} ({len(runs.runs)} runs, {len(runs.excluded)} excluded)")
     return 0

@@ -165,7 +165,7 @@ def _band(pk: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def handover_figure(runs: Runs, spec: FigureSpec) -> plt.Figure:
-    """Delay (top) and RFC 3550 jitter (bottom) per packet around a handover.
+    """Delay (top) and jitter (bottom: RFC 3550 and per-packet |IPDV|) around a handover.
 
     Lines: the representative run (median handover loss), broken where packets are
     missing; lost packets are marked with red crosses at the bottom of the delay axes.
@@ -192,7 +192,7 @@ def handover_figure(runs: Runs, spec: FigureSpec) -> plt.Figure:
         events = sel.events[(sel.events["run"] == run_no) & (sel.events["t_ho_ms"] >= 0)]
         done = events.loc[events["event"] == "handover_done", "t_ho_ms"]
         for row, (column, label) in enumerate(
-            (("delay_ms", "one-way delay [ms]"), ("jitter_ms", "RFC 3550 jitter [ms]"))
+            (("delay_ms", "one-way delay [ms]"), ("jitter_ms", "jitter [ms]"))
         ):
             ax = axes[row, col]
             band = _band(focus, column)
@@ -213,8 +213,19 @@ def handover_figure(runs: Runs, spec: FigureSpec) -> plt.Figure:
                 linewidth=1,
                 marker=".",
                 markersize=2,
-                label=f"run {run_no:02d}, {receiver} (median-loss run)",
+                label=f"run {run_no:02d}, {receiver} (median-loss run)"
+                + (", RFC 3550 jitter" if row else ""),
             )
+            if row == 1:
+                # The paper does not say which jitter it plotted: the per-packet |IPDV| too.
+                ax.plot(
+                    sent_t,
+                    series["ipdv_ms"].abs().to_numpy(dtype=float),
+                    ".",
+                    color="tab:orange",
+                    markersize=3,
+                    label=f"run {run_no:02d}, |IPDV| (RFC 3393)",
+                )
             ax.axvline(0, color="black", linewidth=1, label="handover start (L2 detach)")
             if len(done):
                 ax.axvline(done.min(), color="black", linestyle=":", label="handover done")
@@ -290,12 +301,20 @@ def make_figures(
     goodput_json: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> FigureOutcome:
-    """Draw every figure whose inputs exist into `out_dir`; report the others as skipped."""
+    """Draw every figure whose inputs exist into `out_dir`; report the others as skipped.
+
+    A skipped figure's files from an earlier call are removed, so that `out_dir` never
+    mixes figures of these runs with figures of runs that are gone.
+    """
     outcome = FigureOutcome()
 
     def skip(name: str, reason: str) -> None:
         outcome.skipped.append((name, reason))
-        log(f"{name}: skipped: {reason}")
+        stale = [out_dir / f"{name}.{ext}" for ext in ("png", "pdf")]
+        removed = [path for path in stale if path.is_file()]
+        for path in removed:
+            path.unlink()
+        log(f"{name}: skipped: {reason}" + (" (old figure removed)" if removed else ""))
 
     if goodput_json is None or not goodput_json.is_file():
         skip(GOODPUT_NAME, f"{goodput_json or 'bench/goodput.json'} not found")

@@ -107,6 +107,7 @@ PACKET_COLUMNS = [
     "arrival",
     "duplicate",
     "jitter_ms",
+    "ipdv_ms",
     "t_ms",
     "t_ho_ms",
     "focus",
@@ -353,7 +354,7 @@ def _load_one(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame
 
 
 def _annotate_receiver(rx: pd.DataFrame) -> pd.DataFrame:
-    """Arrival index, duplicate flag, delay and RFC 3550 jitter of one receiver's packets."""
+    """Arrival index, duplicate flag, delay, RFC 3550 jitter and IPDV of one receiver's packets."""
     rx = rx.sort_values("recv_ns", kind="stable").reset_index(drop=True)
     rx["arrival"] = np.arange(len(rx))
     rx["duplicate"] = rx["seq"].duplicated()
@@ -364,6 +365,12 @@ def _annotate_receiver(rx: pd.DataFrame) -> pd.DataFrame:
     rx.loc[firsts, "jitter_ms"] = metrics.rfc3550_jitter(
         rx.loc[firsts, "send_ns"], rx.loc[firsts, "recv_ns"]
     ).series_ms
+    # RFC 3393 IPDV of each first arrival whose predecessor seq also arrived (else NaN).
+    ipdv = metrics.ipdv_ms(
+        rx.loc[firsts, "seq"], rx.loc[firsts, "send_ns"], rx.loc[firsts, "recv_ns"]
+    )
+    rx["ipdv_ms"] = math.nan
+    rx.loc[firsts, "ipdv_ms"] = rx.loc[firsts, "seq"].map(ipdv).astype(float)
     return rx
 
 

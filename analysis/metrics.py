@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import signal
 
 NS_PER_MS = 1_000_000.0
 
@@ -259,38 +260,16 @@ def before_after(
 
 
 def peak_prominences(heights: ArrayLike) -> list[tuple[int, float]]:
-    """Local maxima of a 1-D profile and their topographic prominence.
+    """Local maxima of a 1-D profile and their topographic prominence (scipy.signal).
 
-    A plateau counts as one peak (reported at its first index). A peak's prominence is its
-    height minus the higher of the two lowest points reached before meeting a strictly
-    higher value (or the profile's end) on either side; this is the usual definition
-    (the same as scipy.signal.peak_prominences), written out to avoid scipy.
+    `scipy.signal.find_peaks` finds the maxima (a plateau is one peak, at its middle index)
+    and `scipy.signal.peak_prominences` measures each: its height minus the higher of the
+    lowest points on either side before a higher value or the profile's end.
     """
     h = np.asarray(heights, dtype=float)
-    # Collapse plateaus into runs (value, first index, last index).
-    runs: list[tuple[float, int, int]] = []
-    for i, v in enumerate(h):
-        if runs and runs[-1][0] == v:
-            runs[-1] = (v, runs[-1][1], i)
-        else:
-            runs.append((float(v), i, i))
-    peaks: list[tuple[int, float]] = []
-    for r, (v, start, end) in enumerate(runs):
-        left_lower = r == 0 or runs[r - 1][0] < v
-        right_lower = r == len(runs) - 1 or runs[r + 1][0] < v
-        if not (left_lower and right_lower) or len(runs) == 1:
-            continue
-        left_min = right_min = v
-        for j in range(start - 1, -1, -1):
-            if h[j] > v:
-                break
-            left_min = min(left_min, h[j])
-        for j in range(end + 1, len(h)):
-            if h[j] > v:
-                break
-            right_min = min(right_min, h[j])
-        peaks.append((start, v - max(left_min, right_min)))
-    return peaks
+    peaks, _ = signal.find_peaks(h)
+    prominences = signal.peak_prominences(h, peaks)[0] if len(peaks) else []
+    return [(int(i), float(p)) for i, p in zip(peaks, prominences, strict=True)]
 
 
 def relative_histogram(values: ArrayLike, bin_width: float) -> tuple[np.ndarray, np.ndarray]:
@@ -331,5 +310,5 @@ def count_modes(
     padded = np.concatenate([np.zeros(pad), freq, np.zeros(pad)])
     kernel = np.ones(max(smooth_bins, 1)) / max(smooth_bins, 1)
     smooth = np.convolve(padded, kernel, mode="same")
-    threshold = min_prominence * smooth.max()
-    return sum(1 for _, prom in peak_prominences(smooth) if prom >= threshold)
+    peaks, _ = signal.find_peaks(smooth, prominence=min_prominence * smooth.max())
+    return len(peaks)

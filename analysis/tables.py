@@ -57,6 +57,7 @@ def _receiver_row(
         if len(jitter)
         else math.nan,
         "ipdv_abs_max": max((abs(v) for v in ipdv.values()), default=math.nan),
+        "ipdv_abs_mean": float(np.mean(np.abs(list(ipdv.values())))) if ipdv else math.nan,
     }
     handover_ns = run["handover_ns"]
     if handover_ns is None or pd.isna(handover_ns):
@@ -189,6 +190,7 @@ def group_summary(runs: Runs, per_receiver: pd.DataFrame | None = None) -> pd.Da
             "delay_p95": float(np.percentile(delay, 95)) if len(delay) else math.nan,
             "delay_max": float(np.max(delay)) if len(delay) else math.nan,
             "jitter_mean": float(pk["jitter_ms"].mean()) if len(pk) else math.nan,
+            "ipdv_abs_mean": float(pk["ipdv_ms"].abs().mean()) if len(pk) else math.nan,
             "lost_pct": 100.0 * rm["lost"].sum() / sent_total if sent_total else math.nan,
             "ho_missing": _nanmedian(rm.get("ho_missing", pd.Series(dtype=float))),
             "ho_lost_ms": _nanmedian(rm.get("ho_lost_ms", pd.Series(dtype=float))),
@@ -203,6 +205,22 @@ def group_summary(runs: Runs, per_receiver: pd.DataFrame | None = None) -> pd.Da
     return df.sort_values(
         GROUP_KEYS, key=lambda col: col.map(lambda v: (order.get(v, len(order)), v)), kind="stable"
     ).reset_index(drop=True)
+
+
+def per_run_values(per_receiver: pd.DataFrame, runs: Runs, column: str) -> pd.DataFrame:
+    """One row per run (scenario, kind, peering, run, seed, value) for a paired comparison.
+
+    The value is the median of `column` over the run's focus receivers; `seed` comes from
+    the run's meta.json (peering off and on runs with the same run index share it).
+    """
+    keys = [*GROUP_KEYS, "run"]
+    if per_receiver.empty or column not in per_receiver:
+        return pd.DataFrame(columns=[*keys, "seed", "value"])
+    rm = per_receiver[per_receiver["focus"].astype(bool)].copy()
+    rm["value"] = pd.to_numeric(rm[column], errors="coerce")
+    values = rm.groupby(keys, sort=True)["value"].median().reset_index()
+    seeds = runs.runs[[*keys, "seed"]]
+    return values.merge(seeds, on=keys, how="left")
 
 
 def representative(per_receiver: pd.DataFrame) -> pd.Series | None:

@@ -16,7 +16,7 @@ from analysis.report import write_report
 from experiments.runner import plan, run_all
 from experiments.scenarios import KINDS, Parameters, scenario
 from lab import clean
-from tests.report_oracle import direct_group, table_rows
+from tests.report_oracle import check_statistics, direct_group, table_rows
 
 # What every handover must log, in this order of first appearance after the detach.
 _ATTACH = [
@@ -173,7 +173,8 @@ def test_figures_and_report_from_the_real_short_runs(results):
     for fig in FIGURES[name]:
         for ext in ("png", "pdf"):
             assert (root / "figures" / f"{fig}.{ext}").stat().st_size > 1000, outcome
-    table = table_rows(write_report(loaded, root).read_text())
+    report = write_report(loaded, root).read_text()
+    table = table_rows(report)
     for kind in KINDS:
         for peering in ("off", "on"):
             expect = direct_group(root, name, kind, peering)
@@ -181,3 +182,6 @@ def test_figures_and_report_from_the_real_short_runs(results):
             assert cells[2:6] == [f"{expect[k]:.2f}" for k in ("median", "p95", "max", "jitter")]
             if kind != "delay-space":
                 assert cells[7:9] == [f"{expect['missing']:.1f}", f"{expect['lost_ms']:.1f}"]
+    # Intervals on every claim with data, a p-value on every on/off row (Wilcoxon, as
+    # scipy computes it on the CSVs' per-run numbers).
+    assert check_statistics(report, root) == 3

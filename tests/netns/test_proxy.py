@@ -181,9 +181,11 @@ def test_lower_addressed_querier_silences_the_proxy(lab, basic):
 
 
 def lab_py() -> str:
+    """The running interpreter, quoted for a shell command line (the path may hold spaces)."""
+    import shlex
     import sys
 
-    return sys.executable
+    return shlex.quote(sys.executable)
 
 
 def test_malformed_packets_are_dropped_counted_and_forwarding_continues(lab, basic):

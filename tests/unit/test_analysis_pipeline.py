@@ -20,7 +20,13 @@ from analysis.__main__ import main
 from analysis.figures import make_figures
 from analysis.report import build_report, write_report
 from analysis.tables import receiver_metrics
-from tests.report_oracle import direct_group, table_rows
+from tests.report_oracle import (
+    check_statistics,
+    claim_rows,
+    direct_group,
+    onoff_rows,
+    table_rows,
+)
 
 T0 = 1_700_000_000_000_000_000
 INTERVAL_NS = 10_000_000  # 100 packets/s
@@ -190,8 +196,29 @@ def test_figures_report_and_numbers(results: Path) -> None:
                 assert cells[7] == f"{expect['missing']:.1f}"
                 assert cells[8] == f"{expect['lost_ms']:.1f}"
     assert "## Excluded runs" in report and "run-07" in report and "run-08" in report
-    for number in ("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5a |", "| 5b |", "| 6 |", "| 7 |"):
-        assert number in report
+    for number in ("1", "2", "3a", "3b", "4", "5a", "5b", "6", "7"):
+        assert f"| {number} |" in report
+    assert check_statistics(report, results) > 0
+
+
+def test_paired_statistics_equal_scipy_on_six_seed_pairs(tmp_path: Path) -> None:
+    """Six seed pairs: peering lowers the delay in every pair, the loss is the same."""
+    for run in range(6):
+        for peering in ("off", "on"):
+            write_run(tmp_path, "single-lma-lte", "delay-space", peering, run)
+            write_run(tmp_path, "single-lma-lte", "receiver-handover", peering, run)
+    report = build_report(load_runs(tmp_path), tmp_path)
+    assert check_statistics(report, tmp_path) == 2
+    rows = onoff_rows(report)
+    pairs, off, on, diff, p = rows[("single-lma-lte", "delay-space", "median delay [ms]")]
+    # All six differences negative: the exact two-sided p is 2 / 2**6.
+    assert pairs == "6" and p == f"{2 / 64:.3g}"
+    lo, hi = (float(v) for v in diff.split("[")[1].rstrip("]").split(","))
+    assert hi < 0 and lo <= float(diff.split(" ")[0]) <= hi
+    # The synthetic loss is 3 + run packets on both sides: no difference, p = 1.
+    assert rows[("single-lma-lte", "receiver-handover", "handover loss [packets]")][-1] == "1"
+    claims = claim_rows(report)
+    assert "n=6" in claims["2"][1] and "n=12" in claims["5b"][1]
 
 
 def test_receiver_handover_loss_is_the_synthetic_gap(results: Path) -> None:
@@ -218,6 +245,12 @@ def test_figures_skip_missing_inputs(tmp_path: Path) -> None:
     }
     assert any("peering-on" in m for m in messages)
     assert not (tmp_path / "figures").exists()
+    # A figure left from runs that are gone is removed, not kept beside new ones.
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "fig04.png").write_bytes(b"old")
+    make_figures(load_runs(tmp_path), tmp_path / "figures", None, log=messages.append)
+    assert not (tmp_path / "figures" / "fig04.png").exists()
+    assert "fig04: skipped" in messages[-7] and "old figure removed" in messages[-7]
 
 
 def test_summary_table_and_cli(results: Path, capsys: pytest.CaptureFixture[str]) -> None:

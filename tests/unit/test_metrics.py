@@ -136,7 +136,9 @@ def test_peak_prominences() -> None:
     # Peak 4: left range stops at the 5, lowest 1; right lowest 0 -> 4 - max(1, 0) = 3.
     assert metrics.peak_prominences([0, 5, 1, 4, 0]) == [(1, 5.0), (3, 3.0)]
     assert metrics.peak_prominences([0, 2, 2, 0]) == [(1, 2.0)]  # a plateau is one peak
+    assert metrics.peak_prominences([0, 3, 3, 3, 0]) == [(2, 3.0)]  # ... at its middle
     assert metrics.peak_prominences([1, 1, 1]) == []
+    assert metrics.peak_prominences([]) == []
 
 
 def test_count_modes() -> None:
