@@ -483,6 +483,7 @@ class NetemBackend(LinkBackend):
 
     def _disconnect(self, link: _Link) -> None:
         self._batch("ip", netem_break_cmds(netem_group(self.tag, link.index), self._bridge(link)))
+        link.disconnected_at = time.time()
         # Both ends are down and their queues empty: these counters are the link's last.
         self._quiet = self._counters()
         for key, counters in self._direction_stats(link, self._quiet).items():
