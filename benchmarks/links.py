@@ -4,11 +4,13 @@
 link per Table I profile, each between two fresh namespaces, and runs all of them at once: 10
 UDP flows per link at 100 packets/s for 30 s (3 s with ``--quick``). The sender puts its
 CLOCK_REALTIME send time in the payload; the receiver takes the kernel's receive time
-(SO_TIMESTAMPNS), so the one-way delay is measured on one clock. Two more links measure the
-machine rather than the profiles: ``unshaped`` (no delay, no jitter: the path's own noise)
-and ``fixed`` (50 ms, no jitter: that plus the delay element's timing noise). A profile that
-misses a target by no more than the ``fixed`` link's noise explains is marked noise-limited
-(it still fails). It writes ``results/bench/links.json`` and
+(SO_TIMESTAMPNS), so the one-way delay is measured on one clock. Control links measure the
+machine rather than the profiles: each profile ``X`` runs with ``X0`` (its delay, no jitter,
+2 flows, the same moments), and ``unshaped`` (no delay: the path's own noise) and ``fixed``
+(50 ms, no jitter: that plus the delay element's timing noise) run as well. A profile that
+misses a target by no more than its control's noise explains is marked noise-limited (it
+still fails). With ``--at-once one`` (the default on one CPU) each profile and its control
+run alone, one after another. It writes ``results/bench/links.json`` and
 ``results/bench/links-cdf.{png,pdf}`` (another directory with ``--results``); the figure is
 drawn by ``analysis.benchfigures``.
 

@@ -79,6 +79,7 @@ class EmulatorBackend(LinkBackend):
         self._reader: Any = None
         self._lock = threading.Lock()  # one request/reply at a time on the control socket
         self._last_description: dict[str, Any] = {"version": None}
+        self._seq = 0
 
     @property
     def pid(self) -> int | None:
@@ -123,9 +124,16 @@ class EmulatorBackend(LinkBackend):
         with self._lock:
             if self._sock is None:
                 raise LinkError("link emulator is not running (call start())")
+            # Requests carry a number the reply echoes: a request interrupted between its
+            # send and its reply (Ctrl-C) leaves that reply unread, and the next request
+            # must not take it for its own.
+            self._seq += 1
             try:
-                self._sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-                line = self._reader.readline()
+                self._sock.sendall(json.dumps({"op": op, **args, "id": self._seq}).encode() + b"\n")
+                while True:
+                    line = self._reader.readline()
+                    if not line or json.loads(line).get("id") == self._seq:
+                        break
             except OSError as exc:
                 raise LinkError(f"link emulator: {op}: {exc}") from None
         if not line:
@@ -483,6 +491,7 @@ class NetemBackend(LinkBackend):
 
     def _disconnect(self, link: _Link) -> None:
         self._batch("ip", netem_break_cmds(netem_group(self.tag, link.index), self._bridge(link)))
+        link.disconnected_at = time.time()
         # Both ends are down and their queues empty: these counters are the link's last.
         self._quiet = self._counters()
         for key, counters in self._direction_stats(link, self._quiet).items():

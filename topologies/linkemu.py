@@ -264,10 +264,14 @@ class Emulator:
         while b"\n" in buf:
             line, _, rest = bytes(buf).partition(b"\n")
             buf[:] = rest
+            request: dict[str, Any] = {}
             try:
-                reply = {"ok": True, "result": self.handle(conn, json.loads(line))}
+                request = json.loads(line)
+                reply = {"ok": True, "result": self.handle(conn, request)}
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(request, dict) and "id" in request:
+                reply["id"] = request["id"]
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 

@@ -291,7 +291,9 @@ class LinkBackend(abc.ABC):
         self._disconnect(link)
         del self._links[link.a], self._links[link.b]
         link.connected = False
-        link.disconnected_at = time.time()
+        # A backend may stamp the break itself, before the bookkeeping that follows it.
+        if link.disconnected_at is None:
+            link.disconnected_at = time.time()
 
     def move(self, ep: Endpoint, new_peer: Endpoint, profile: LinkProfile, seed: int) -> None:
         if new_peer in self._links:

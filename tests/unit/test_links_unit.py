@@ -648,3 +648,35 @@ def test_bench_noise_explains_only_what_it_can() -> None:
     alone = result("lte", 5.0, 1.732, 5.5, 2.1)
     bench.explain_by_noise([alone])  # its control was not measured: nothing to say
     assert "noise_limited" not in alone
+
+
+def test_emulator_request_skips_the_reply_of_an_interrupted_one() -> None:
+    class Sock:
+        def __init__(self) -> None:
+            self.sent: list[dict] = []
+
+        def sendall(self, data: bytes) -> None:
+            self.sent.append(json.loads(data))
+
+    class Reader:
+        def __init__(self, lines: list[bytes]) -> None:
+            self.lines = lines
+
+        def readline(self) -> bytes:
+            return self.lines.pop(0) if self.lines else b""
+
+    be = backends.EmulatorBackend(tag="unit")
+    be._sock = Sock()  # type: ignore[assignment]
+    be._seq = 4  # request 4 (say, a connect) was interrupted before its reply was read
+    be._reader = Reader(
+        [
+            b'{"ok": true, "result": null, "id": 4}\n',
+            b'{"ok": true, "result": {"version": "x"}, "id": 5}\n',
+        ]
+    )
+    assert be._request("describe") == {"version": "x"}
+    assert be._sock.sent == [{"op": "describe", "id": 5}]
+    be._reader = Reader([b'{"ok": true, "result": null, "id": 3}\n'])
+    with pytest.raises(links.LinkError, match="closed the control connection"):
+        be._request("stats")
+    be._sock = be._reader = None
