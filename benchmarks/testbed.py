@@ -89,8 +89,13 @@ def started(daemon: D, timeout: float) -> D:
 
 
 def bench_lab(tmp: Path, tag: str) -> BenchLab:
-    """A lab whose namespaces are ``pmlbn<random><tag>-<name>``, files in ``tmp``."""
-    return BenchLab(tmp, prefix=f"pmlbn{uuid.uuid4().hex[:4]}{tag}")
+    """A lab whose namespaces are ``pmlbn<id><tag>-<name>``, files in ``tmp``.
+
+    ``<id>`` is random, or ``$PMIPLAB_BENCH_ID``: then whoever started the benchmark can
+    remove what a killed run left (``python -m lab.clean --prefix pmlbn<id>``).
+    """
+    run_id = os.environ.get("PMIPLAB_BENCH_ID") or uuid.uuid4().hex[:4]
+    return BenchLab(tmp, prefix=f"pmlbn{run_id}{tag}")
 
 
 class BenchRun:

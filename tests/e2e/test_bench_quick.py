@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +15,7 @@ import pytest
 
 from analysis.figures import _load_goodput
 from benchmarks import goodput, latency, scale
+from lab.clean import cleanup
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,16 +23,32 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory) -> tuple[Path, float]:
     out = tmp_path_factory.mktemp("bench")
+    run_id = secrets.token_hex(2)
+    env = {**os.environ, "PMIPLAB_BENCH_ID": run_id}
     t0 = time.monotonic()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "all", "--quick", "--results", str(out)],
         cwd=REPO,
-        capture_output=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=170,
     )
+    try:
+        output, _ = proc.communicate(timeout=170)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the harness closes its labs on KeyboardInterrupt
+        try:
+            output, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        pytest.fail(f"make bench QUICK=1 took over 170 s: {output[-2000:]}")
+    finally:
+        # Whatever happened: nothing of this run's namespaces or daemons survives it.
+        cleanup(f"pmlbn{run_id}", log=lambda *_: None)
     took = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, output[-6000:]
     return out, took
 
 

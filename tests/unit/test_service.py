@@ -16,14 +16,17 @@ def plain_logger(name: str) -> logging.Logger:
     """``name``'s logger as the daemon has it: level from the root, records to the root.
 
     (Importing Mininet elsewhere in the test run makes new loggers Mininet's own class,
-    with a level and a handler of their own.)
+    with a level and a handler of their own: ``name`` and each of its ancestors, such as
+    ``pymcproxy`` for ``pymcproxy.a``, are reset.)
     """
-    lg = logging.getLogger(name)
-    lg.setLevel(logging.NOTSET)
-    lg.propagate, lg.disabled = True, False
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    return lg
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        lg = logging.getLogger(".".join(parts[:i]))
+        lg.setLevel(logging.NOTSET)
+        lg.propagate, lg.disabled = True, False
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+    return logging.getLogger(name)
 
 
 @pytest.fixture(autouse=True)
