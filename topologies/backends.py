@@ -307,7 +307,7 @@ def netem_remove_cmds(bridges: list[str], outers: list[str]) -> list[str]:
 
 # Per outer device: what ``ip -s -j link`` and ``tc -s -j qdisc`` say (cumulative counters).
 DeviceCounters = dict[str, int]
-COUNTER_FIELDS = ("rx", "tx", "tx_bytes", "netem_drops", "netem_qlen")
+COUNTER_FIELDS = ("rx", "tx", "tx_bytes", "tx_dropped", "netem_sent", "netem_drops", "netem_qlen")
 
 
 def parse_counters(link_json: str, qdisc_json: str) -> dict[str, DeviceCounters]:
@@ -320,12 +320,15 @@ def parse_counters(link_json: str, qdisc_json: str) -> dict[str, DeviceCounters]
             "rx": int(stats.get("rx", {}).get("packets", 0)),
             "tx": int(stats.get("tx", {}).get("packets", 0)),
             "tx_bytes": int(stats.get("tx", {}).get("bytes", 0)),
+            "tx_dropped": int(stats.get("tx", {}).get("dropped", 0)),
+            "netem_sent": 0,
             "netem_drops": 0,
             "netem_qlen": 0,
         }
     for qdisc in json.loads(qdisc_json or "[]"):
         dev = out.get(qdisc.get("dev", ""))
         if dev is not None and qdisc.get("kind") == "netem" and qdisc.get("root"):
+            dev["netem_sent"] = int(qdisc.get("packets", 0))
             dev["netem_drops"] = int(qdisc.get("drops", 0))
             dev["netem_qlen"] = int(qdisc.get("qlen", 0))
     return out
@@ -344,14 +347,24 @@ def direction_counters(
     were dropped otherwise (``drops``: in flight when the link was broken, or refused by the
     receiving end). netem does not report its draws: ``drawn`` counts the frames it delayed,
     the draws' mean and sd are None.
+
+    ``drops`` compares what entered (read first) with what netem's own counters say left its
+    queue or is still in it (read after, in one dump), plus what the receiving end refused:
+    frames that move between the two reads can only make a live link's count low for a
+    moment, never invent a drop.
     """
-    entered = src_now["rx"] - src_base["rx"]
-    frames = dst_now["tx"] - dst_base["tx"]
-    lost = dst_now["netem_drops"] - dst_base["netem_drops"]
+
+    def delta(key: str, now: DeviceCounters, base: DeviceCounters) -> int:
+        return now[key] - base[key]
+
+    entered = delta("rx", src_now, src_base)
+    lost = delta("netem_drops", dst_now, dst_base)
+    left = delta("netem_sent", dst_now, dst_base) + lost + dst_now["netem_qlen"]
+    refused = delta("tx_dropped", dst_now, dst_base)
     return {
-        "frames": frames,
-        "bytes": dst_now["tx_bytes"] - dst_base["tx_bytes"],
-        "drops": max(0, entered - frames - lost - dst_now["netem_qlen"]),
+        "frames": delta("tx", dst_now, dst_base),
+        "bytes": delta("tx_bytes", dst_now, dst_base),
+        "drops": max(0, entered - left + refused),
         "lost": lost,
         "drawn": entered - lost,
         "drawn_mean_ms": None,
@@ -448,6 +461,7 @@ class NetemBackend(LinkBackend):
         return netem_bridge_name(self.tag, link.index)
 
     def _counters(self) -> dict[str, DeviceCounters]:
+        # The links first, then the qdiscs: see direction_counters.
         links = run_cmd(["ip", "-s", "-j", "link", "show"]).stdout
         return parse_counters(links, run_cmd(["tc", "-s", "-j", "qdisc", "show"]).stdout)
 

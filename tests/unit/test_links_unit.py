@@ -283,7 +283,10 @@ QDISC_JSON = (
 
 def test_parse_counters_and_direction_counters() -> None:
     now = backends.parse_counters(LINK_JSON, QDISC_JSON)
-    assert now["ob"] == {"rx": 8, "tx": 6, "tx_bytes": 600, "netem_drops": 2, "netem_qlen": 1}
+    assert now["ob"] == {
+        "rx": 8, "tx": 6, "tx_bytes": 600, "tx_dropped": 0,
+        "netem_sent": 6, "netem_drops": 2, "netem_qlen": 1,
+    }  # fmt: skip
     assert now["oa"]["netem_drops"] == 0  # not netem: its drops are not the link's
     assert now["lo"] == dict.fromkeys(backends.COUNTER_FIELDS, 0)
     zero = dict.fromkeys(backends.COUNTER_FIELDS, 0)
@@ -293,9 +296,15 @@ def test_parse_counters_and_direction_counters() -> None:
         "frames": 6, "bytes": 600, "drops": 1, "lost": 2, "drawn": 8,
         "drawn_mean_ms": None, "drawn_sd_ms": None,
     }  # fmt: skip
-    base = {**zero, "rx": 4, "tx": 2, "tx_bytes": 200}
+    base = {**zero, "rx": 4, "tx": 2, "tx_bytes": 200, "netem_sent": 2}
     since = backends.direction_counters(now["oa"], now["ob"], base, base)
     assert (since["frames"], since["drops"], since["bytes"]) == (4, 0, 400)
+    # A frame that left netem after the links were read: no drop invented.
+    later = {**now["ob"], "netem_sent": 7, "netem_qlen": 0}
+    assert backends.direction_counters(now["oa"], later, zero, zero)["drops"] == 1
+    # One the receiving end refused is a drop.
+    refused = {**now["ob"], "tx_dropped": 1}
+    assert backends.direction_counters(now["oa"], refused, zero, zero)["drops"] == 2
     total = backends.add_counters(ab, since)
     assert (total["frames"], total["drops"], total["lost"]) == (10, 1, 4)
     assert backends.add_counters(None, ab) == ab
