@@ -313,7 +313,13 @@ def test_round_trip_time_of_each_profile(link_lab: LinkLab) -> None:
     beyond its 10 ms round trip is the machine's own timing noise (on the host about 0.1 ms;
     in the one-CPU stock-kernel guest, on a busy host, up to a few ms), which adds to every
     link's mean and, independent of the drawn delays, to its variance.
+
+    The emulator's timing is judged on the host (``make test`` runs this test there): in the
+    one-CPU stock-kernel guest its Python relay shares the CPU with the probes, so the test
+    would measure the guest (controls of 3-18 ms sd there, see the README's Links section).
     """
+    if os.environ.get("PMIPLAB_GUEST") == "1" and link_lab.backend.name == "emulator":
+        pytest.skip("emulator timing is judged on the host; in the guest its relay shares one CPU")
     targets, expected = [], []
     control = profile_from("lte", delay_ms=5.0, jitter_ms=0.0)
     profiles = [*TABLE_I.items(), ("control", control)]
