@@ -86,6 +86,17 @@ class LinkLab:
         self.backend.add_endpoint(ep)
         return ep
 
+    def mn_and_two_mags(self, subnet: int) -> tuple[Endpoint, Endpoint, Endpoint]:
+        """Unconnected endpoints ``mn``, ``mag1``, ``mag2`` with 2001:db8:<subnet>::1..3/64."""
+        ends = (
+            self.endpoint("mn", "02:00:00:00:0b:01"),
+            self.endpoint("mag1", "02:00:00:00:0a:01"),
+            self.endpoint("mag2", "02:00:00:00:0a:02"),
+        )
+        for host, ep in enumerate(ends, start=1):
+            add_address(ep, f"2001:db8:{subnet:x}::{host}/64")
+        return ends
+
     def pair(
         self,
         profile: LinkProfile,
@@ -373,11 +384,7 @@ def test_move_drops_every_frame_in_flight_on_the_old_link(link_lab: LinkLab) -> 
     """The move semantics (README, "A move"): break before make. At the break every frame
     still in flight on the old link is dropped, towards the old MAG and towards the MN;
     frames sent after the make travel the new link only."""
-    mn = link_lab.endpoint("mn", "02:00:00:00:0b:01")
-    mag1 = link_lab.endpoint("mag1", "02:00:00:00:0a:01")
-    mag2 = link_lab.endpoint("mag2", "02:00:00:00:0a:02")
-    for host, ep in enumerate((mn, mag1, mag2), start=1):
-        add_address(ep, f"2001:db8:5::{host}/64")
+    mn, mag1, mag2 = link_lab.mn_and_two_mags(0x5)
     backend = link_lab.backend
     backend.connect(mn, mag1, IN_FLIGHT, seed=1)
     with (
@@ -421,11 +428,7 @@ def test_move_drops_every_frame_in_flight_on_the_old_link(link_lab: LinkLab) -> 
 
 def test_stats_keep_every_link_and_add_up_a_return(link_lab: LinkLab) -> None:
     """Counters of a finished link stay in stats(); linking the same ends again adds to them."""
-    mn = link_lab.endpoint("mn", "02:00:00:00:0b:01")
-    mag1 = link_lab.endpoint("mag1", "02:00:00:00:0a:01")
-    mag2 = link_lab.endpoint("mag2", "02:00:00:00:0a:02")
-    for host, ep in enumerate((mn, mag1, mag2), start=1):
-        add_address(ep, f"2001:db8:6::{host}/64")
+    mn, mag1, mag2 = link_lab.mn_and_two_mags(0x6)
     backend = link_lab.backend
     at_move, counts = {}, {}
     with udp_listener(mag1, UP_PORT) as on_mag1, udp_listener(mag2, UP_PORT) as on_mag2:
